@@ -1,0 +1,140 @@
+"""Per-document state: the text, its version, and what the model keeps for it between requests."""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+from typing import Any, Literal
+
+
+class PositionError(ValueError):
+    """A line/character position that does not exist in the document."""
+
+
+@dataclass(frozen=True)
+class Position:
+    line: int
+    character: int  # in the session's position encoding (UTF-16 code units unless negotiated)
+
+
+@dataclass(frozen=True)
+class Range:
+    start: Position
+    end: Position
+
+
+Encoding = Literal["utf-16", "utf-8", "utf-32"]
+
+
+def _unit_width(c: str, encoding: Encoding) -> int:
+    if encoding == "utf-16":
+        return 2 if ord(c) > 0xFFFF else 1
+    if encoding == "utf-8":
+        return len(c.encode("utf-8", "surrogatepass"))
+    return 1
+
+
+def column_length(text: str, encoding: Encoding = "utf-16") -> int:
+    if encoding == "utf-32" or text.isascii():
+        return len(text)
+    return sum(_unit_width(c, encoding) for c in text)
+
+
+def column_to_index(line: str, character: int, encoding: Encoding = "utf-16") -> int:
+    """Index into `line` of a column; a column inside a character rounds down to its start."""
+    if encoding == "utf-32" or line.isascii():
+        return min(character, len(line))
+    units = 0
+    for i, c in enumerate(line):
+        width = _unit_width(c, encoding)
+        if units + width > character:
+            return i
+        units += width
+    return len(line)
+
+
+def index_to_column(line: str, index: int, encoding: Encoding = "utf-16") -> int:
+    return column_length(line[:index], encoding)
+
+
+class Document:
+    """Everything nextab holds for one open document, in one place.
+
+    `text` and `version` follow the editor. `kv` is the model's cache for the last prompt built
+    from this document (owned by the engine, touched only on the model thread), and `inflight`
+    is whatever handle cancels the request now being computed for it.
+    """
+
+    def __init__(
+        self,
+        uri: str,
+        text: str,
+        language_id: str = "",
+        version: int = 0,
+        encoding: Encoding = "utf-16",
+    ) -> None:
+        self.uri = uri
+        self.encoding: Encoding = encoding
+        self.language_id = language_id
+        self.version = version
+        self.kv: Any = None
+        self.inflight: Any = None
+        self._set_text(text)
+
+    @property
+    def text(self) -> str:
+        return self._text
+
+    def _set_text(self, text: str) -> None:
+        self._text = text
+        starts = [0]
+        find = text.find
+        at = find("\n")
+        while at >= 0:
+            starts.append(at + 1)
+            at = find("\n", at + 1)
+        self._line_starts = starts
+
+    @property
+    def line_count(self) -> int:
+        return len(self._line_starts)
+
+    def line(self, number: int) -> str:
+        start = self._line_starts[number]
+        end = self._line_starts[number + 1] - 1 if number + 1 < len(self._line_starts) else len(self._text)
+        return self._text[start:end]
+
+    def offset_at(self, position: Position, *, clamp: bool = False) -> int:
+        """String index of an LSP position.
+
+        Past-the-end positions raise PositionError unless `clamp`, which the LSP spec asks for
+        when applying edits (a character past the line's end means the end of the line).
+        """
+        line, character = position.line, position.character
+        if line < 0 or character < 0:
+            raise PositionError(f"negative position {line}:{character}")
+        if line >= self.line_count:
+            if not clamp:
+                raise PositionError(f"line {line} is past the end ({self.line_count} lines)")
+            return len(self._text)
+        text = self.line(line)
+        if not clamp and character > column_length(text, self.encoding):
+            raise PositionError(f"character {character} is past the end of line {line}")
+        return self._line_starts[line] + column_to_index(text, character, self.encoding)
+
+    def position_at(self, offset: int) -> Position:
+        offset = max(0, min(offset, len(self._text)))
+        line = bisect.bisect_right(self._line_starts, offset) - 1
+        start = self._line_starts[line]
+        return Position(line, column_length(self._text[start:offset], self.encoding))
+
+    def apply_change(self, text: str, range: Range | None = None, version: int | None = None) -> None:
+        """Apply one content change from didChange (a full replacement when `range` is None)."""
+        if range is None:
+            self._set_text(text)
+        else:
+            start = self.offset_at(range.start, clamp=True)
+            end = max(start, self.offset_at(range.end, clamp=True))
+            self._set_text(self._text[:start] + text + self._text[end:])
+        if version is not None:
+            self.version = version

@@ -1,0 +1,69 @@
+"""The narrow interface every model runtime implements; decoding strategies sit above it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the layers above need to know about a loaded model."""
+
+    name: str
+    model_type: str  # the config's model_type, e.g. "qwen2"
+    device: str
+    dtype: str
+    vocab_size: int
+    eos_token_ids: frozenset[int]
+    max_context: int
+
+
+class KVCache(Protocol):
+    """A backend's attention cache plus the exact token ids it holds.
+
+    Keeping the ids beside the cache is what lets a caller find the longest common prefix with
+    the next prompt and compute only the tokens after it.
+    """
+
+    @property
+    def tokens(self) -> Sequence[int]: ...
+
+
+@runtime_checkable
+class Backend(Protocol):
+    info: ModelInfo
+
+    def tokenize(self, text: str) -> list[int]:
+        """Ids for plain text; special-token strings inside `text` stay plain text."""
+        ...
+
+    def detokenize(self, ids: Sequence[int]) -> str: ...
+
+    def special_token_id(self, token: str) -> int | None:
+        """Id of a special/added token by its string, or None if the vocabulary lacks it."""
+        ...
+
+    def new_cache(self) -> KVCache: ...
+
+    def forward(self, cache: KVCache, tokens: Sequence[int]) -> np.ndarray:
+        """Run `tokens` after what `cache` holds, extend it, return the last position's logits.
+
+        The logits are float32 of shape (vocab_size,), on the host.
+        """
+        ...
+
+    def truncate(self, cache: KVCache, length: int) -> None:
+        """Drop everything after the first `length` tokens of `cache`."""
+        ...
+
+
+def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i

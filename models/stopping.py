@@ -1,0 +1,156 @@
+"""When a completion is done, and how its text is trimmed to fit the code around the cursor."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Mode = Literal["line", "block"]
+
+_OPENERS = {"(": ")", "[": "]", "{": "}"}
+_CLOSERS = {v: k for k, v in _OPENERS.items()}
+
+
+@dataclass(frozen=True)
+class Surroundings:
+    """The text right around the cursor that decides where a completion stops."""
+
+    line_prefix: str  # current line, up to the cursor
+    rest_of_line: str  # current line, after the cursor
+    suffix_lines: tuple[str, ...]  # the next few non-blank lines after the cursor's line
+
+
+@dataclass(frozen=True)
+class StopRules:
+    mode: Mode
+    around: Surroundings
+    max_lines: int = 12
+
+    def __call__(self, text: str) -> int | None:
+        """Length of `text` to keep if generation must stop now, else None."""
+        if self.mode == "line":
+            return _stop_line(text)
+        return _stop_block(text, self)
+
+
+def _stop_line(text: str) -> int | None:
+    newline = text.find("\n")
+    if newline < 0:
+        return None
+    # A completion on an empty line may start with the newline of a blank line the model wants
+    # first; that still ends the single line.
+    return newline
+
+
+def _indent_width(line: str) -> int:
+    expanded = line.expandtabs(4)
+    return len(expanded) - len(expanded.lstrip(" "))
+
+
+def _stop_block(text: str, rules: StopRules) -> int | None:
+    lines = text.split("\n")
+    first_full = rules.around.line_prefix + lines[0]
+    block_indent = _indent_width(first_full) if first_full.strip() else None
+    offset = len(lines[0]) + 1
+    next_suffix = rules.around.suffix_lines[0].strip() if rules.around.suffix_lines else ""
+    # Only lines already ended by a newline are judged: the last one may still be growing.
+    for count, line in enumerate(lines[1:-1], start=1):
+        if line.strip():
+            if block_indent is None:
+                block_indent = _indent_width(line)
+            elif _indent_width(line) < block_indent:
+                return offset - 1  # the block ended: the dedented line belongs to what follows
+            if next_suffix and line.strip() == next_suffix:
+                return offset - 1  # the model is re-typing the code after the cursor
+        if count >= rules.max_lines:
+            return offset - 1
+        offset += len(line) + 1
+    return None
+
+
+@dataclass(frozen=True)
+class Trimmed:
+    text: str
+    replace: int  # characters after the cursor that the suggestion replaces
+
+
+def finalize(text: str, rules: StopRules) -> Trimmed:
+    """Trim a finished completion so that accepting it leaves well-formed code."""
+    around = rules.around
+    if rules.mode == "line":
+        text = text.rstrip()
+        text = _balance_line(around.line_prefix, text)
+        return _absorb_rest_of_line(text, around.rest_of_line)
+    text = "\n".join(line.rstrip() for line in text.split("\n")).rstrip("\n")
+    text = _drop_suffix_repeat(text, around.suffix_lines)
+    text = text.rstrip()
+    return _absorb_rest_of_line(text, around.rest_of_line)
+
+
+def _balance_line(line_prefix: str, text: str) -> str:
+    """Cut a one-line completion at the first bracket it closes that was never opened."""
+    stack = [c for c in _open_brackets(line_prefix)]
+    in_string: str | None = None
+    for i, c in enumerate(text):
+        if in_string:
+            if c == in_string:
+                in_string = None
+            continue
+        if c in "\"'`":
+            in_string = c
+        elif c in _OPENERS:
+            stack.append(c)
+        elif c in _CLOSERS:
+            if not stack or stack[-1] != _CLOSERS[c]:
+                return text[:i].rstrip()
+            stack.pop()
+    return text
+
+
+def _open_brackets(line: str) -> list[str]:
+    stack: list[str] = []
+    in_string: str | None = None
+    for c in line:
+        if in_string:
+            if c == in_string:
+                in_string = None
+            continue
+        if c in "\"'`":
+            in_string = c
+        elif c in _OPENERS:
+            stack.append(c)
+        elif c in _CLOSERS and stack and stack[-1] == _CLOSERS[c]:
+            stack.pop()
+    return stack
+
+
+def _absorb_rest_of_line(text: str, rest_of_line: str) -> Trimmed:
+    """Let the suggestion replace what an editor auto-inserted after the cursor.
+
+    With `foo(|)` an editor has already typed the `)`: a completion `a, b)` then replaces it
+    instead of doubling it. Only a rest of line made of closing brackets, quotes, `:` and `;`
+    qualifies, so real code after the cursor is never overwritten.
+    """
+    tail = rest_of_line.rstrip()
+    if tail and all(c in ")]}\"'`:;, " for c in tail) and text.endswith(tail):
+        return Trimmed(text=text, replace=len(tail))
+    if tail and text.endswith(tail):
+        return Trimmed(text=text[: -len(tail)], replace=0)
+    return Trimmed(text=text, replace=0)
+
+
+def _drop_suffix_repeat(text: str, suffix_lines: tuple[str, ...]) -> str:
+    """Remove trailing completion lines that the code after the cursor already has."""
+    if not suffix_lines:
+        return text
+    lines = text.split("\n")
+    first = suffix_lines[0].strip()
+    for i in range(1, len(lines)):
+        if lines[i].strip() == first and _matches_ahead(lines[i:], suffix_lines):
+            return "\n".join(lines[:i])
+    return text
+
+
+def _matches_ahead(lines: list[str], suffix_lines: tuple[str, ...]) -> bool:
+    compared = [line.strip() for line in lines if line.strip()]
+    return all(a == b.strip() for a, b in zip(compared, suffix_lines, strict=False))

@@ -1,0 +1,3 @@
+"""nextab: an open backend for AI code completion in editors."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,5 @@
+import sys
+
+from nextab.cli import main
+
+sys.exit(main())

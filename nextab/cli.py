@@ -1,0 +1,192 @@
+"""`nextab`: serve over LSP, complete one position, manage the model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from nextab import __version__
+from nextab.config import Config, from_env, load, to_settings
+
+
+def _add_model_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", help='"embedded" (default), a model directory, a .gguf file or a hub id')
+    parser.add_argument("--device", help='"auto" (default), "cpu", "cuda", "cuda:N" or "mps"')
+    parser.add_argument("--dtype", help='"auto" (default), "float32", "bfloat16" or "float16"')
+    parser.add_argument("--max-tokens", type=int, help="most tokens one suggestion may have")
+    parser.add_argument("--decoding", help='decoding strategy: "greedy"')
+    parser.add_argument(
+        "--settings", help="JSON object of settings, as an editor sends in initializationOptions"
+    )
+
+
+def build_config(args: argparse.Namespace) -> Config:
+    """Defaults, then NEXTAB_* variables, then --settings JSON, then individual flags."""
+    config, messages = load(from_env())
+    if args.settings:
+        try:
+            raw = json.loads(args.settings)
+        except json.JSONDecodeError as error:
+            raise SystemExit(f"nextab: --settings is not valid JSON: {error}") from None
+        config, more = load(raw, base=config)
+        messages += more
+    flags = {
+        "model": args.model,
+        "device": args.device,
+        "dtype": args.dtype,
+        "maxTokens": args.max_tokens,
+        "decoding": args.decoding,
+    }
+    config, more = load({k: v for k, v in flags.items() if v is not None}, base=config)
+    for message in messages + more:
+        print(message, file=sys.stderr)
+    return config
+
+
+def parse_location(spec: str) -> tuple[Path, int, int]:
+    """FILE:LINE:COL with 1-based line and column, as compilers and editors print them."""
+    try:
+        path, line, col = spec.rsplit(":", 2)
+        return Path(path), int(line), int(col)
+    except ValueError:
+        raise SystemExit(f"nextab: expected FILE:LINE:COL (1-based), got {spec!r}") from None
+
+
+def cmd_complete(args: argparse.Namespace) -> int:
+    from nextab.context.document import Document, Position, PositionError
+    from nextab.engine import CompletionRequest, Engine
+    from nextab.models.resolve import ModelNotFoundError
+
+    path, line, col = parse_location(args.location)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        print(f"nextab: cannot read {path}: {error}", file=sys.stderr)
+        return 2
+    doc = Document(path.resolve().as_uri(), text, encoding="utf-32")
+    try:
+        offset = doc.offset_at(Position(line - 1, col - 1))
+    except PositionError as error:
+        print(f"nextab: {args.location}: {error}", file=sys.stderr)
+        return 2
+    config = build_config(args)
+    started = time.perf_counter()
+    try:
+        engine = Engine.load(config)
+    except ModelNotFoundError as error:
+        print(f"nextab: {error}", file=sys.stderr)
+        return 3
+    loaded = time.perf_counter()
+    request = CompletionRequest(document=doc, offset=offset, text=text, path=path.name, mode=args.mode)
+    suggestion = engine.complete(request)
+    if args.warm:
+        # A second request at the same spot shows the keystroke-path cost with the prompt cached.
+        suggestion = engine.complete(request)
+    if args.json:
+        info = engine.backend.info
+        print(
+            json.dumps(
+                {
+                    "completion": suggestion.text,
+                    "replace": suggestion.replace,
+                    "mode": suggestion.mode,
+                    "stop_reason": suggestion.stop_reason,
+                    "model": info.name,
+                    "device": info.device,
+                    "dtype": info.dtype,
+                    "load_ms": round((loaded - started) * 1000, 1),
+                    "metrics": {k: round(v, 1) for k, v in vars(suggestion.metrics).items()},
+                },
+                indent=2,
+            )
+        )
+    else:
+        m = suggestion.metrics
+        print(suggestion.text)
+        print(
+            f"-- {m.total_ms:.0f} ms ({m.prompt_tokens} prompt tokens, {m.reused_tokens} reused, "
+            f"{m.generated_tokens} generated; model load {(loaded - started):.1f} s)",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from nextab.lsp_server.server import create_server
+
+    config = build_config(args)
+    server = create_server(config)
+    if args.tcp:
+        host, _, port = args.tcp.rpartition(":")
+        server.start_tcp(host or "127.0.0.1", int(port))
+    else:
+        server.start_io()
+    return 0
+
+
+def cmd_model_fetch(args: argparse.Namespace) -> int:
+    from nextab.models.resolve import ModelNotFoundError, resolve_model
+
+    try:
+        resolved = resolve_model(args.spec)
+    except ModelNotFoundError as error:
+        print(f"nextab: {error}", file=sys.stderr)
+        return 3
+    print(resolved.path)
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    print(json.dumps(to_settings(build_config(args)), indent=2))
+    return 0
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nextab", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"nextab {__version__}")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the language server (stdio unless --tcp)")
+    serve.add_argument("--stdio", action="store_true", help="talk LSP over stdin/stdout (default)")
+    serve.add_argument("--tcp", metavar="HOST:PORT", help="listen for one LSP client on TCP instead")
+    _add_model_flags(serve)
+    serve.set_defaults(func=cmd_serve)
+
+    complete = sub.add_parser("complete", help="print the completion at FILE:LINE:COL (1-based)")
+    complete.add_argument("location", metavar="FILE:LINE:COL")
+    complete.add_argument("--mode", default="auto", choices=["auto", "line", "block"])
+    complete.add_argument("--json", action="store_true", help="print the result and timings as JSON")
+    complete.add_argument("--warm", action="store_true", help="complete twice; report the second")
+    _add_model_flags(complete)
+    complete.set_defaults(func=cmd_complete)
+
+    model = sub.add_parser("model", help="manage models")
+    model_sub = model.add_subparsers(dest="model_command", required=True)
+    fetch = model_sub.add_parser("fetch", help="download, verify and convert a model; print its path")
+    fetch.add_argument("spec", nargs="?", default="embedded")
+    fetch.set_defaults(func=cmd_model_fetch)
+
+    config = sub.add_parser("config", help="print the effective settings")
+    _add_model_flags(config)
+    config.set_defaults(func=cmd_config)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> Any:
+    args = make_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

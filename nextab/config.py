@@ -1,0 +1,175 @@
+"""The one typed configuration, read from LSP options, CLI flags and the environment.
+
+Keys are camelCase on the wire (LSP settings) and snake_case in Python. An invalid value never
+fails the whole load: it yields one message naming the key, what is allowed and the default
+that is used instead.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from typing import Any, Literal, get_args, get_origin, get_type_hints
+
+import cattrs
+
+
+@dataclass(frozen=True)
+class CompletionConfig:
+    max_lines: int = 12  # multi-line suggestions stop after this many lines
+    prefix_chars: int = 6000  # how much of the file before the cursor the prompt may hold
+    suffix_chars: int = 1200  # and after it
+    multiline: Literal["auto", "always", "never"] = "auto"
+
+
+@dataclass(frozen=True)
+class Config:
+    model: str = "embedded"  # "embedded", a model directory, a .gguf file or a hub id
+    device: str = "auto"  # "auto", "cpu", "cuda", "cuda:N", "mps"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    max_tokens: int = 64
+    decoding: Literal["greedy"] = "greedy"
+    fim_template: str = "auto"  # "auto" reads the family off the model's vocabulary
+    debounce_ms: int = 0  # server-side wait before computing, on top of the editor's own
+    cached_documents: int = 4  # documents whose prompt KV cache is kept
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    completion: CompletionConfig = field(default_factory=CompletionConfig)
+
+
+_CHECKS: dict[str, Callable[[Any], bool]] = {
+    "max_tokens": lambda v: 1 <= v <= 4096,
+    "debounce_ms": lambda v: 0 <= v <= 10_000,
+    "cached_documents": lambda v: 1 <= v <= 256,
+    "max_lines": lambda v: 1 <= v <= 200,
+    "prefix_chars": lambda v: 0 <= v <= 1_000_000,
+    "suffix_chars": lambda v: 0 <= v <= 1_000_000,
+    "device": lambda v: bool(re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v)),
+    "model": lambda v: bool(v.strip()),
+}
+_ALLOWED_TEXT = {
+    "max_tokens": "an integer from 1 to 4096",
+    "debounce_ms": "an integer from 0 to 10000",
+    "cached_documents": "an integer from 1 to 256",
+    "max_lines": "an integer from 1 to 200",
+    "prefix_chars": "an integer from 0 to 1000000",
+    "suffix_chars": "an integer from 0 to 1000000",
+    "device": '"auto", "cpu", "mps", "cuda" or "cuda:N"',
+    "model": "a non-empty model name or path",
+}
+
+_converter = cattrs.Converter(forbid_extra_keys=True)
+
+
+def camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)
+
+
+def _allowed(name: str, hint: Any) -> str:
+    if name in _ALLOWED_TEXT:
+        return _ALLOWED_TEXT[name]
+    if get_origin(hint) is Literal:
+        return " or ".join(f'"{a}"' for a in get_args(hint))
+    return getattr(hint, "__name__", str(hint))
+
+
+def _structure_value(name: str, hint: Any, value: Any) -> Any:
+    if hint is int and isinstance(value, bool):
+        raise TypeError("a boolean is not an integer")
+    if hint is int and isinstance(value, str):
+        value = int(value.strip())
+    result = _converter.structure(value, hint)
+    check = _CHECKS.get(name)
+    if check is not None and not check(result):
+        raise ValueError("out of range")
+    return result
+
+
+def _build(cls: type, raw: Mapping[str, Any], path: str, errors: list[str]) -> Any:
+    """Structure `raw` into `cls` one key at a time, so one bad key costs only itself."""
+    hints = get_type_hints(cls)
+    known = {camel(f.name): f for f in fields(cls)}
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        f = known.get(key) or next((g for g in fields(cls) if g.name == key), None)
+        if f is None:
+            errors.append(f"nextab: unknown setting '{path}{key}' ignored")
+            continue
+        hint = hints[f.name]
+        if is_dataclass(hint):
+            if isinstance(value, Mapping):
+                values[f.name] = _build(hint, value, f"{path}{camel(f.name)}.", errors)
+            else:
+                errors.append(f"nextab: setting '{path}{camel(f.name)}' must be an object; using defaults")
+            continue
+        try:
+            values[f.name] = _structure_value(f.name, hint, value)
+        except (ValueError, TypeError, cattrs.BaseValidationError):
+            default = getattr(cls(), f.name)
+            errors.append(
+                f"nextab: invalid value {value!r} for '{path}{camel(f.name)}' "
+                f"(expected {_allowed(f.name, hint)}); using the default {default!r}"
+            )
+    return cls(**values)
+
+
+def load(raw: Mapping[str, Any] | None, base: Config | None = None) -> tuple[Config, list[str]]:
+    """A Config from a settings mapping layered over `base`; returns it and the messages."""
+    errors: list[str] = []
+    if raw is None:
+        return base or Config(), errors
+    if not isinstance(raw, Mapping):
+        return base or Config(), [f"nextab: settings must be an object, got {type(raw).__name__}"]
+    # Clients nest server settings under the server's name (VS Code's section, didChange...).
+    if "nextab" in raw and isinstance(raw["nextab"], Mapping):
+        raw = raw["nextab"]
+    built = _build(Config, raw, "", errors)
+    if base is None:
+        return built, errors
+    return _overlay(base, built, raw), errors
+
+
+def _overlay(base: Any, built: Any, raw: Mapping[str, Any]) -> Any:
+    """Take from `built` only the keys that `raw` actually set."""
+    changes: dict[str, Any] = {}
+    for f in fields(base):
+        key = camel(f.name) if camel(f.name) in raw else f.name
+        if key not in raw:
+            continue
+        value = getattr(built, f.name)
+        if is_dataclass(value) and isinstance(raw[key], Mapping):
+            value = _overlay(getattr(base, f.name), value, raw[key])
+        changes[f.name] = value
+    return replace(base, **changes)
+
+
+def from_env(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Settings from NEXTAB_* variables: NEXTAB_MAX_TOKENS=32, NEXTAB_COMPLETION__MAX_LINES=4."""
+    environ = os.environ if environ is None else environ
+    settings: dict[str, Any] = {}
+    for name, value in environ.items():
+        if not name.startswith("NEXTAB_") or name in _NOT_SETTINGS:
+            continue
+        parts = [camel(p.lower()) for p in name.removeprefix("NEXTAB_").split("__")]
+        node = settings
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return settings
+
+
+# Environment variables of nextab that are not settings.
+_NOT_SETTINGS = frozenset({"NEXTAB_CACHE_DIR"})
+
+
+def to_settings(config: Config) -> dict[str, Any]:
+    """The config as camelCase settings (what `nextab config` prints, what clients send)."""
+
+    def convert(value: Any) -> Any:
+        if is_dataclass(value):
+            return {camel(f.name): convert(getattr(value, f.name)) for f in fields(value)}
+        return value
+
+    return convert(config)
