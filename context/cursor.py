@@ -25,8 +25,8 @@ def surroundings(text: str, offset: int, lookahead_lines: int = 3) -> Surroundin
             following.append(line)
     rest = text[offset:line_end]
     if rest.strip() and not text[line_start:offset].strip():
-        # The cursor stands before code on its line: that code is what comes next.
-        following.insert(0, rest)
+        # The cursor stands before code on its line: that line is what comes next.
+        following.insert(0, text[line_start:line_end])
     return Surroundings(
         line_prefix=text[line_start:offset],
         rest_of_line=rest,
@@ -37,9 +37,9 @@ def surroundings(text: str, offset: int, lookahead_lines: int = 3) -> Surroundin
 def decide_mode(text: str, offset: int, requested: RequestedMode = "auto") -> Mode:
     """Multi-line only where a new body is being started; everywhere else one line.
 
-    A block is offered on a blank line right after a line that opens a block (or at the end of
-    such a line), and on a blank line whose next non-blank line is less indented or absent, i.e.
-    at the end of a body. Mid-line, or with code after the cursor, a completion is one line.
+    A block is offered at the end of a line that opens a block (`:`, `{`, `(`, ...) and on a
+    blank line right after one. Mid-line, with code after the cursor, or after a plain
+    statement, a completion is one line.
     """
     if requested != "auto":
         return requested

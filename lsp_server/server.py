@@ -14,14 +14,14 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from lsprotocol import types
-from nextab.context.document import Document, Position, PositionError, Range
-from nextab.models.decoding import Cancelled, CancelToken
 from pygls.exceptions import JsonRpcInvalidParams
 from pygls.lsp.server import LanguageServer
 
 from nextab import __version__
 from nextab.config import Config, load
+from nextab.context.document import Document, Position, PositionError, Range
 from nextab.engine import CompletionRequest, Engine, Suggestion
+from nextab.models.decoding import Cancelled, CancelToken
 
 log = logging.getLogger(__name__)
 

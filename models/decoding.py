@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
+
 from nextab.models.backend import Backend, KVCache, common_prefix_length
 
 

@@ -122,12 +122,16 @@ class NoFimTemplateError(ValueError):
 def choose_template(backend: Backend, name: str = "auto") -> FimTemplate:
     """The family is read off the vocabulary: a model is FIM-capable iff it has the tokens."""
     if name != "auto":
-        try:
-            return TEMPLATES_BY_NAME[name]
-        except KeyError:
+        template = TEMPLATES_BY_NAME.get(name)
+        if template is None:
             raise NoFimTemplateError(
                 f"unknown FIM template {name!r}; known: {', '.join(TEMPLATES_BY_NAME)}"
-            ) from None
+            )
+        if not template.tokens_present(backend):
+            raise NoFimTemplateError(
+                f"model {backend.info.name} lacks the {name} FIM tokens; use fimTemplate \"auto\""
+            )
+        return template
     for template in TEMPLATES:
         if template.tokens_present(backend):
             return template

@@ -47,25 +47,48 @@ def _indent_width(line: str) -> int:
     return len(expanded) - len(expanded.lstrip(" "))
 
 
-def _stop_block(text: str, rules: StopRules) -> int | None:
+_CLOSING_STARTS = ("}", ")", "]", "end", "fi", "done", "esac")
+
+
+def _stop_block(text: str, rules: StopRules, *, final: bool = False) -> int | None:
+    """Where a multi-line completion leaves its block, if it has.
+
+    Lines are judged once a newline ends them (the last one may still grow) unless `final`.
+    Two starts: on a body line (blank or partly typed), the body's indentation is that of its
+    first line and a less indented line ends it; at the end of an opener line (`def f():|`),
+    the body is everything indented past the opener, and a closing line at the opener's
+    indentation (`}`, `end`) is kept as the block's last line.
+    """
     lines = text.split("\n")
-    first_full = rules.around.line_prefix + lines[0]
-    block_indent = _indent_width(first_full) if first_full.strip() else None
+    judged = lines if final else lines[:-1]
+    around = rules.around
+    first_full = around.line_prefix + lines[0]
+    after_opener = bool(around.line_prefix.strip()) and not lines[0].strip()
+    opener_indent = _indent_width(around.line_prefix) if after_opener else None
+    body_indent = None if after_opener or not first_full.strip() else _indent_width(first_full)
+    limit = rules.max_lines + (1 if after_opener else 0)
     offset = len(lines[0]) + 1
-    next_suffix = rules.around.suffix_lines[0].strip() if rules.around.suffix_lines else ""
-    # Only lines already ended by a newline are judged: the last one may still be growing.
-    for count, line in enumerate(lines[1:-1], start=1):
-        if line.strip():
-            if block_indent is None:
-                block_indent = _indent_width(line)
-            elif _indent_width(line) < block_indent:
-                return offset - 1  # the block ended: the dedented line belongs to what follows
-            if next_suffix and line.strip() == next_suffix:
-                return offset - 1  # the model is re-typing the code after the cursor
-        if count >= rules.max_lines:
+    for count, line in enumerate(judged[1:], start=1):
+        if count >= limit:
             return offset - 1
+        if line.strip():
+            if _repeats_suffix(line, around.suffix_lines):
+                return offset - 1  # the model is re-typing the code after the cursor
+            width = _indent_width(line)
+            if opener_indent is not None and width <= opener_indent:
+                closes = line.strip().startswith(_CLOSING_STARTS)
+                return offset + len(line) if closes else offset - 1
+            if body_indent is None:
+                body_indent = width
+            elif width < body_indent:
+                return offset - 1  # the block ended: the dedented line belongs to what follows
         offset += len(line) + 1
     return None
+
+
+def _repeats_suffix(line: str, suffix_lines: tuple[str, ...]) -> bool:
+    # Indentation counts: a nested block's `}` is not the enclosing function's `}`.
+    return bool(suffix_lines) and line.rstrip() == suffix_lines[0].rstrip()
 
 
 @dataclass(frozen=True)
@@ -82,6 +105,9 @@ def finalize(text: str, rules: StopRules) -> Trimmed:
         text = _balance_line(around.line_prefix, text)
         return _absorb_rest_of_line(text, around.rest_of_line)
     text = "\n".join(line.rstrip() for line in text.split("\n")).rstrip("\n")
+    keep = _stop_block(text, rules, final=True)
+    if keep is not None:
+        text = text[:keep]
     text = _drop_suffix_repeat(text, around.suffix_lines)
     text = text.rstrip()
     return _absorb_rest_of_line(text, around.rest_of_line)
@@ -144,13 +170,12 @@ def _drop_suffix_repeat(text: str, suffix_lines: tuple[str, ...]) -> str:
     if not suffix_lines:
         return text
     lines = text.split("\n")
-    first = suffix_lines[0].strip()
     for i in range(1, len(lines)):
-        if lines[i].strip() == first and _matches_ahead(lines[i:], suffix_lines):
+        if _repeats_suffix(lines[i], suffix_lines) and _matches_ahead(lines[i:], suffix_lines):
             return "\n".join(lines[:i])
     return text
 
 
 def _matches_ahead(lines: list[str], suffix_lines: tuple[str, ...]) -> bool:
-    compared = [line.strip() for line in lines if line.strip()]
-    return all(a == b.strip() for a, b in zip(compared, suffix_lines, strict=False))
+    compared = [line.rstrip() for line in lines if line.strip()]
+    return all(a == b.rstrip() for a, b in zip(compared, suffix_lines, strict=False))

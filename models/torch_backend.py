@@ -11,8 +11,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from nextab.models.backend import ModelInfo
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreTrainedTokenizerBase
+
+from nextab.models.backend import ModelInfo
 
 log = logging.getLogger(__name__)
 

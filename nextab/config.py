@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields, is_dataclass, replace
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import cattrs
+import cattrs.errors
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,8 @@ class Config:
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     max_tokens: int = 64
     decoding: Literal["greedy"] = "greedy"
-    fim_template: str = "auto"  # "auto" reads the family off the model's vocabulary
+    # "auto" reads the family off the model's vocabulary.
+    fim_template: Literal["auto", "qwen2.5-coder", "starcoder", "deepseek-coder", "codellama", "codestral"] = "auto"
     debounce_ms: int = 0  # server-side wait before computing, on top of the editor's own
     cached_documents: int = 4  # documents whose prompt KV cache is kept
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -76,15 +78,28 @@ def _allowed(name: str, hint: Any) -> str:
 
 
 def _structure_value(name: str, hint: Any, value: Any) -> Any:
-    if hint is int and isinstance(value, bool):
-        raise TypeError("a boolean is not an integer")
-    if hint is int and isinstance(value, str):
-        value = int(value.strip())
+    if hint is int:
+        value = _integer(value)
+    elif hint is str and not isinstance(value, str):
+        raise TypeError("not a string")
     result = _converter.structure(value, hint)
     check = _CHECKS.get(name)
     if check is not None and not check(result):
         raise ValueError("out of range")
     return result
+
+
+def _integer(value: Any) -> int:
+    # JSON has one number type: 3.0 is an integer, 3.5 and true are not.
+    if isinstance(value, bool):
+        raise TypeError("a boolean is not an integer")
+    if isinstance(value, float) and not value.is_integer():
+        raise ValueError("not an integer")
+    if isinstance(value, str):
+        return int(value.strip())
+    if not isinstance(value, int | float):
+        raise TypeError("not a number")
+    return int(value)
 
 
 def _build(cls: type, raw: Mapping[str, Any], path: str, errors: list[str]) -> Any:
@@ -106,7 +121,7 @@ def _build(cls: type, raw: Mapping[str, Any], path: str, errors: list[str]) -> A
             continue
         try:
             values[f.name] = _structure_value(f.name, hint, value)
-        except (ValueError, TypeError, cattrs.BaseValidationError):
+        except (ValueError, TypeError, cattrs.errors.CattrsError):
             default = getattr(cls(), f.name)
             errors.append(
                 f"nextab: invalid value {value!r} for '{path}{camel(f.name)}' "
@@ -153,15 +168,18 @@ def from_env(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         if not name.startswith("NEXTAB_") or name in _NOT_SETTINGS:
             continue
         parts = [camel(p.lower()) for p in name.removeprefix("NEXTAB_").split("__")]
-        node = settings
+        node: Any = settings
         for part in parts[:-1]:
             node = node.setdefault(part, {})
-        node[parts[-1]] = value
+            if not isinstance(node, dict):
+                break  # a plain value already claims this section: load() reports it
+        else:
+            node[parts[-1]] = value
     return settings
 
 
 # Environment variables of nextab that are not settings.
-_NOT_SETTINGS = frozenset({"NEXTAB_CACHE_DIR"})
+_NOT_SETTINGS = frozenset({"NEXTAB_CACHE_DIR", "NEXTAB_DATA_DIR"})
 
 
 def to_settings(config: Config) -> dict[str, Any]:

@@ -1,0 +1,509 @@
+"""models/decoding.py and models/torch_backend.py: prefix KV reuse, greedy decoding, stopping."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import pytest
+import torch
+
+from nextab.models.decoding import (
+    NEVER_CANCELLED,
+    Cancelled,
+    CancelToken,
+    DecodeParams,
+    GreedyDecoder,
+    make_decoder,
+    prefill,
+)
+
+CODE = "class Point:\n    def __init__(self, x, y):\n        self.x = x\n        self.y = "
+OTHER = "for i in range(10):\n    print(i)\n"
+
+
+@pytest.fixture(scope="module")
+def lively(tiny_backend):
+    """A tiny model with untied, larger random weights, so that greedy output varies.
+
+    The shared tiny model ties its embeddings with small weights, which makes it repeat the
+    last prompt token; fine for cache tests, too uniform to test decoding on alone.
+    """
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from nextab.models.torch_backend import TorchBackend
+
+    tokenizer = tiny_backend.tokenizer
+    torch.manual_seed(1)
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=False,
+        initializer_range=0.3,
+    )
+    model = Qwen2ForCausalLM(config).eval()
+    return TorchBackend(model, tokenizer, "lively", "cpu")
+
+
+@pytest.fixture(params=["tiny", "lively"])
+def backend(request, tiny_backend, lively):
+    return tiny_backend if request.param == "tiny" else lively
+
+
+@torch.inference_mode()
+def cold_logits(backend, prompt: Sequence[int]) -> np.ndarray:
+    """The last position's logits from one plain forward pass, no cache involved."""
+    return backend.model(torch.tensor([list(prompt)])).logits[0, -1].float().numpy()
+
+
+def manual_greedy(backend, prompt: Sequence[int], steps: int) -> list[int]:
+    """Argmax decoding by re-running the whole sequence every step."""
+    ids = list(prompt)
+    out = []
+    for _ in range(steps):
+        token = int(np.argmax(cold_logits(backend, ids)))
+        out.append(token)
+        ids.append(token)
+    return out
+
+
+def params(max_tokens: int = 12, stop_ids=frozenset(), stop_check=None, chunk: int = 256):
+    return DecodeParams(
+        max_tokens=max_tokens,
+        stop_ids=frozenset(stop_ids),
+        stop_check=stop_check,
+        prefill_chunk=chunk,
+    )
+
+
+def kv_length(cache) -> int:
+    return cache.kv.get_seq_length()
+
+
+class Wrapped:
+    """A backend that delegates to another and calls `hook(call_number, tokens)` per forward."""
+
+    def __init__(self, inner, hook: Callable[[int, Sequence[int]], None] = lambda n, t: None):
+        self.inner = inner
+        self.info = inner.info
+        self.hook = hook
+        self.calls: list[int] = []  # number of tokens of each forward
+
+    def tokenize(self, text):
+        return self.inner.tokenize(text)
+
+    def detokenize(self, ids):
+        return self.inner.detokenize(ids)
+
+    def special_token_id(self, token):
+        return self.inner.special_token_id(token)
+
+    def new_cache(self):
+        return self.inner.new_cache()
+
+    def truncate(self, cache, length):
+        self.inner.truncate(cache, length)
+
+    def forward(self, cache, tokens):
+        self.calls.append(len(tokens))
+        self.hook(len(self.calls), tokens)
+        return self.inner.forward(cache, tokens)
+
+
+# --- prefill ------------------------------------------------------------------------------
+
+
+def test_prefill_cold(backend):
+    prompt = backend.tokenize(CODE)
+    cache = backend.new_cache()
+    logits, reused = prefill(backend, cache, prompt, NEVER_CANCELLED)
+    assert reused == 0
+    assert list(cache.tokens) == prompt
+    assert kv_length(cache) == len(prompt)
+    assert logits.shape == (backend.info.vocab_size,)
+    assert logits.dtype == np.float32
+    np.testing.assert_allclose(logits, cold_logits(backend, prompt), atol=1e-5, rtol=1e-5)
+
+
+def test_prefill_same_prompt_recomputes_exactly_one_token(backend):
+    prompt = backend.tokenize(CODE)
+    cache = backend.new_cache()
+    prefill(backend, cache, prompt, NEVER_CANCELLED)
+    wrapped = Wrapped(backend)
+    logits, reused = prefill(wrapped, cache, prompt, NEVER_CANCELLED)
+    assert reused == len(prompt) - 1
+    assert wrapped.calls == [1]
+    assert list(cache.tokens) == prompt
+    assert kv_length(cache) == len(prompt)
+    np.testing.assert_allclose(logits, cold_logits(backend, prompt), atol=1e-5, rtol=1e-5)
+
+
+def test_prefill_extended_prompt_reuses_all_of_the_old_one(backend):
+    prompt = backend.tokenize(CODE)
+    longer = prompt + backend.tokenize("x\n")
+    cache = backend.new_cache()
+    prefill(backend, cache, prompt, NEVER_CANCELLED)
+    wrapped = Wrapped(backend)
+    logits, reused = prefill(wrapped, cache, longer, NEVER_CANCELLED)
+    assert reused == len(prompt)
+    assert sum(wrapped.calls) == len(longer) - len(prompt)
+    assert list(cache.tokens) == longer
+    np.testing.assert_allclose(logits, cold_logits(backend, longer), atol=1e-5, rtol=1e-5)
+
+
+def test_prefill_diverging_prompt_reuses_the_common_prefix(backend):
+    prompt = backend.tokenize(CODE)
+    k = len(prompt) // 2
+    changed = prompt[:k] + backend.tokenize(OTHER)
+    assert changed[k] != prompt[k]
+    cache = backend.new_cache()
+    prefill(backend, cache, prompt, NEVER_CANCELLED)
+    logits, reused = prefill(backend, cache, changed, NEVER_CANCELLED)
+    assert reused == k
+    assert list(cache.tokens) == changed
+    assert kv_length(cache) == len(changed)
+    np.testing.assert_allclose(logits, cold_logits(backend, changed), atol=1e-5, rtol=1e-5)
+
+
+def test_prefill_shorter_prompt(backend):
+    prompt = backend.tokenize(CODE)
+    shorter = prompt[:7]
+    cache = backend.new_cache()
+    prefill(backend, cache, prompt, NEVER_CANCELLED)
+    logits, reused = prefill(backend, cache, shorter, NEVER_CANCELLED)
+    assert reused == 6
+    assert list(cache.tokens) == shorter
+    assert kv_length(cache) == 7
+    np.testing.assert_allclose(logits, cold_logits(backend, shorter), atol=1e-5, rtol=1e-5)
+
+
+def test_prefill_unrelated_prompt_reuses_nothing(backend):
+    cache = backend.new_cache()
+    prefill(backend, cache, backend.tokenize(CODE), NEVER_CANCELLED)
+    other = backend.tokenize(OTHER)
+    logits, reused = prefill(backend, cache, other, NEVER_CANCELLED)
+    assert reused == 0
+    assert list(cache.tokens) == other
+    np.testing.assert_allclose(logits, cold_logits(backend, other), atol=1e-5, rtol=1e-5)
+
+
+def test_prefill_in_chunks(backend):
+    prompt = backend.tokenize(CODE)
+    wrapped = Wrapped(backend)
+    logits, _ = prefill(wrapped, backend.new_cache(), prompt, NEVER_CANCELLED, chunk=5)
+    assert wrapped.calls == [5] * (len(prompt) // 5) + (
+        [len(prompt) % 5] if len(prompt) % 5 else []
+    )
+    assert len(wrapped.calls) == math.ceil(len(prompt) / 5)
+    np.testing.assert_allclose(logits, cold_logits(backend, prompt), atol=1e-5, rtol=1e-5)
+
+
+def test_prefill_single_token_prompt(backend):
+    cache = backend.new_cache()
+    logits, reused = prefill(backend, cache, [5], NEVER_CANCELLED)
+    assert reused == 0
+    logits, reused = prefill(backend, cache, [5], NEVER_CANCELLED)
+    assert reused == 0  # the one token is always recomputed
+    np.testing.assert_allclose(logits, cold_logits(backend, [5]), atol=1e-5, rtol=1e-5)
+
+
+def test_prefill_empty_prompt(tiny_backend):
+    with pytest.raises(ValueError):
+        prefill(tiny_backend, tiny_backend.new_cache(), [], NEVER_CANCELLED)
+
+
+# --- torch backend: forward and truncate ----------------------------------------------------
+
+
+def test_truncate_then_forward_equals_cold(backend):
+    prompt = backend.tokenize(CODE)
+    cache = backend.new_cache()
+    backend.forward(cache, prompt)
+    backend.truncate(cache, 5)
+    assert list(cache.tokens) == prompt[:5]
+    assert kv_length(cache) == 5
+    logits = backend.forward(cache, prompt[5:])
+    np.testing.assert_allclose(logits, cold_logits(backend, prompt), atol=1e-5, rtol=1e-5)
+
+
+def test_truncate_past_the_end_is_a_no_op(tiny_backend):
+    prompt = tiny_backend.tokenize(CODE)
+    cache = tiny_backend.new_cache()
+    tiny_backend.forward(cache, prompt)
+    tiny_backend.truncate(cache, len(prompt) + 3)
+    assert list(cache.tokens) == prompt
+    assert kv_length(cache) == len(prompt)
+
+
+def test_truncate_to_zero(tiny_backend):
+    prompt = tiny_backend.tokenize(CODE)
+    cache = tiny_backend.new_cache()
+    tiny_backend.forward(cache, prompt)
+    tiny_backend.truncate(cache, 0)
+    assert list(cache.tokens) == []
+    assert kv_length(cache) == 0
+    logits = tiny_backend.forward(cache, prompt[:4])
+    np.testing.assert_allclose(logits, cold_logits(tiny_backend, prompt[:4]), atol=1e-5)
+
+
+def test_forward_needs_tokens(tiny_backend):
+    with pytest.raises(ValueError):
+        tiny_backend.forward(tiny_backend.new_cache(), [])
+
+
+def test_forward_token_by_token_equals_cold(lively):
+    prompt = lively.tokenize(OTHER)
+    cache = lively.new_cache()
+    for token in prompt:
+        logits = lively.forward(cache, [token])
+    np.testing.assert_allclose(logits, cold_logits(lively, prompt), atol=1e-5, rtol=1e-5)
+
+
+# --- greedy decoding ------------------------------------------------------------------------
+
+
+def test_greedy_equals_a_manual_argmax_loop(backend):
+    prompt = backend.tokenize(CODE)
+    result = GreedyDecoder().decode(
+        backend, backend.new_cache(), prompt, params(12), NEVER_CANCELLED
+    )
+    assert list(result.tokens) == manual_greedy(backend, prompt, 12)
+    assert result.text == backend.detokenize(result.tokens)
+    assert result.stop_reason == "length"
+    assert result.prompt_tokens == len(prompt)
+    assert result.reused_tokens == 0
+    assert result.prefill_ms >= 0 and result.decode_ms >= 0
+
+
+def test_lively_model_really_varies(lively):
+    # Guard for the tests below: they are only meaningful if greedy output is not constant.
+    tokens = manual_greedy(lively, lively.tokenize(CODE), 12)
+    assert len(set(tokens)) > 3
+
+
+@pytest.mark.parametrize("text", [CODE, OTHER, "x"])
+def test_greedy_equals_transformers_generate(backend, text):
+    prompt = backend.tokenize(text)
+    steps = 16
+    result = GreedyDecoder().decode(
+        backend, backend.new_cache(), prompt, params(steps), NEVER_CANCELLED
+    )
+    ids = torch.tensor([prompt])
+    with torch.inference_mode():
+        generated = backend.model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            do_sample=False,
+            max_new_tokens=steps,
+            min_new_tokens=0,
+            eos_token_id=None,
+            pad_token_id=backend.tokenizer.pad_token_id,
+        )
+    assert list(result.tokens) == generated[0, len(prompt) :].tolist()
+
+
+def test_greedy_reuses_the_cache_on_a_second_call(lively):
+    prompt = lively.tokenize(CODE)
+    cache = lively.new_cache()
+    first = GreedyDecoder().decode(lively, cache, prompt, params(10), NEVER_CANCELLED)
+    assert first.reused_tokens == 0
+    # The cache now holds the prompt and the generated tokens but the last one.
+    assert list(cache.tokens) == prompt + list(first.tokens[:-1])
+    assert kv_length(cache) == len(cache.tokens)
+    second = GreedyDecoder().decode(lively, cache, prompt, params(10), NEVER_CANCELLED)
+    assert second.reused_tokens == len(prompt) - 1
+    assert second.tokens == first.tokens
+    # Accepting the suggestion and asking again continues from it.
+    accepted = prompt + list(first.tokens)
+    third = GreedyDecoder().decode(lively, cache, accepted, params(4), NEVER_CANCELLED)
+    assert third.reused_tokens == len(accepted) - 1
+    assert list(third.tokens) == manual_greedy(lively, accepted, 4)
+
+
+def _reference(backend, prompt, steps=16) -> list[int]:
+    return manual_greedy(backend, prompt, steps)
+
+
+def test_stop_id_ends_with_eos(lively):
+    prompt = lively.tokenize(CODE)
+    ref = _reference(lively, prompt)
+    k = next(i for i in range(2, len(ref)) if ref[i] not in ref[:i])
+    result = GreedyDecoder().decode(
+        lively, lively.new_cache(), prompt, params(16, stop_ids={ref[k]}), NEVER_CANCELLED
+    )
+    assert result.stop_reason == "eos"
+    assert list(result.tokens) == ref[:k]  # the stop token itself is not part of the output
+    assert result.text == lively.detokenize(ref[:k])
+
+
+def test_stop_id_as_the_first_token(lively):
+    prompt = lively.tokenize(CODE)
+    ref = _reference(lively, prompt, 1)
+    result = GreedyDecoder().decode(
+        lively, lively.new_cache(), prompt, params(16, stop_ids={ref[0]}), NEVER_CANCELLED
+    )
+    assert result.stop_reason == "eos"
+    assert result.tokens == ()
+    assert result.text == ""
+
+
+def test_tiny_model_stops_on_fim_middle_repeat(tiny_backend):
+    # The shared tiny model repeats its last token: after <|fim_middle|> it predicts it again,
+    # and that is a stop id for the Qwen template.
+    from nextab.models.fim import QWEN, FimInput, render, stop_token_ids
+
+    prompt = render(QWEN, tiny_backend, FimInput("def f():\n    return ", "\n"))
+    stops = stop_token_ids(QWEN, tiny_backend)
+    expected_first = int(np.argmax(cold_logits(tiny_backend, prompt)))
+    result = GreedyDecoder().decode(
+        tiny_backend, tiny_backend.new_cache(), prompt, params(8, stops), NEVER_CANCELLED
+    )
+    if expected_first in stops:
+        assert (result.tokens, result.stop_reason) == ((), "eos")
+    else:
+        assert result.tokens[0] == expected_first
+
+
+@pytest.mark.parametrize("max_tokens", [1, 5])
+def test_max_tokens_ends_with_length(lively, max_tokens):
+    prompt = lively.tokenize(CODE)
+    wrapped = Wrapped(lively)
+    result = GreedyDecoder().decode(
+        wrapped, lively.new_cache(), prompt, params(max_tokens), NEVER_CANCELLED
+    )
+    assert result.stop_reason == "length"
+    assert list(result.tokens) == _reference(lively, prompt, max_tokens)
+    # One prefill call, then one forward per token but the last (its logits are never needed).
+    assert len(wrapped.calls) == 1 + (max_tokens - 1)
+
+
+def test_stop_check_cuts_the_text(lively):
+    prompt = lively.tokenize(CODE)
+    ref = _reference(lively, prompt, 16)
+    seen: list[str] = []
+
+    def stop_check(text: str) -> int | None:
+        seen.append(text)
+        return 4 if len(text) >= 6 else None
+
+    result = GreedyDecoder().decode(
+        lively, lively.new_cache(), prompt, params(16, stop_check=stop_check), NEVER_CANCELLED
+    )
+    j = next(j for j in range(1, 17) if len(lively.detokenize(ref[:j])) >= 6)
+    assert result.stop_reason == "stop"
+    assert list(result.tokens) == ref[:j]
+    assert result.text == lively.detokenize(ref[:j])[:4]
+    # Called once per generated token with the whole text so far.
+    assert seen == [lively.detokenize(ref[:i]) for i in range(1, j + 1)]
+
+
+def test_stop_check_keep_zero(lively):
+    prompt = lively.tokenize(CODE)
+    result = GreedyDecoder().decode(
+        lively, lively.new_cache(), prompt, params(16, stop_check=lambda t: 0), NEVER_CANCELLED
+    )
+    assert result.stop_reason == "stop"
+    assert result.text == ""
+    assert len(result.tokens) == 1
+
+
+def test_stop_id_beyond_max_tokens_is_never_reached(lively):
+    prompt = lively.tokenize(CODE)
+    ref = _reference(lively, prompt, 3)
+    assert ref[2] not in ref[:2]
+    result = GreedyDecoder().decode(
+        lively, lively.new_cache(), prompt, params(2, stop_ids={ref[2]}), NEVER_CANCELLED
+    )
+    # Two tokens requested, both generated before the stop id would come: "length".
+    assert result.stop_reason == "length"
+    assert list(result.tokens) == ref[:2]
+
+
+# --- cancellation --------------------------------------------------------------------------
+
+
+def test_cancel_token():
+    token = CancelToken()
+    assert not token.cancelled
+    token.check()
+    token.cancel()
+    assert token.cancelled
+    with pytest.raises(Cancelled):
+        token.check()
+    assert not NEVER_CANCELLED.cancelled
+
+
+def test_cancelled_before_decoding(lively):
+    token = CancelToken()
+    token.cancel()
+    wrapped = Wrapped(lively)
+    with pytest.raises(Cancelled):
+        GreedyDecoder().decode(wrapped, lively.new_cache(), lively.tokenize(CODE), params(8), token)
+    assert wrapped.calls == []  # no forward pass was run
+
+
+def test_cancelled_during_prefill(lively):
+    token = CancelToken()
+    prompt = lively.tokenize(CODE)
+
+    def hook(n, tokens):
+        if n == 1:
+            token.cancel()
+
+    wrapped = Wrapped(lively, hook)
+    cache = lively.new_cache()
+    with pytest.raises(Cancelled):
+        prefill(wrapped, cache, prompt, token, chunk=4)
+    assert wrapped.calls == [4]  # the cancel landed within one chunk
+    assert list(cache.tokens) == prompt[:4]
+    assert kv_length(cache) == 4
+
+
+def test_cancelled_from_a_stop_check(lively):
+    token = CancelToken()
+    prompt = lively.tokenize(CODE)
+    calls = []
+
+    def stop_check(text):
+        calls.append(text)
+        if len(calls) == 3:
+            token.cancel()
+        return None
+
+    cache = lively.new_cache()
+    with pytest.raises(Cancelled):
+        GreedyDecoder().decode(lively, cache, prompt, params(16, stop_check=stop_check), token)
+    assert len(calls) == 3
+    # The cache is still consistent and reusable after the cancel.
+    assert kv_length(cache) == len(cache.tokens)
+    assert list(cache.tokens[: len(prompt)]) == prompt
+    again = GreedyDecoder().decode(lively, cache, prompt, params(8), NEVER_CANCELLED)
+    assert again.reused_tokens == len(prompt) - 1
+    assert list(again.tokens) == _reference(lively, prompt, 8)
+
+
+def test_cancelled_mid_generation_by_the_backend(lively):
+    token = CancelToken()
+    prompt = lively.tokenize(CODE)
+
+    def hook(n, tokens):
+        if n == 5:  # prefill, then the 4th single-token step
+            token.cancel()
+
+    wrapped = Wrapped(lively, hook)
+    with pytest.raises(Cancelled):
+        GreedyDecoder().decode(wrapped, lively.new_cache(), prompt, params(16), token)
+    assert len(wrapped.calls) == 5
+
+
+def test_make_decoder():
+    assert isinstance(make_decoder("greedy"), GreedyDecoder)
+    with pytest.raises(ValueError, match="greedy"):
+        make_decoder("beam")
