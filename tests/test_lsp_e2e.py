@@ -1,0 +1,199 @@
+"""`nextab serve` as a subprocess, driven by a real LSP client (pygls's) over stdio."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from lsprotocol import types
+from pygls.exceptions import JsonRpcException
+from pygls.lsp.client import LanguageClient
+
+URI = "file:///work/example.py"
+TEXT = "import os\n\n\ndef greet(name):\n    # say hi 😀😀\n    return \n"
+
+
+class Client(LanguageClient):
+    def __init__(self) -> None:
+        super().__init__("nextab-test-client", "1")
+        self.messages: list[types.ShowMessageParams] = []
+        self.logs: list[str] = []
+
+
+async def _start(model_dir: Path, options: dict[str, Any]) -> Client:
+    client = Client()
+
+    @client.feature(types.WINDOW_SHOW_MESSAGE)
+    def show_message(ls: Client, params: types.ShowMessageParams) -> None:
+        ls.messages.append(params)
+
+    @client.feature(types.WINDOW_LOG_MESSAGE)
+    def log_message(ls: Client, params: types.LogMessageParams) -> None:
+        ls.logs.append(params.message)
+
+    await client.start_io(
+        sys.executable, "-m", "nextab", "serve", "--model", str(model_dir), "--device", "cpu"
+    )
+    result = await client.initialize_async(
+        types.InitializeParams(
+            capabilities=types.ClientCapabilities(),
+            initialization_options=options,
+            process_id=None,
+        )
+    )
+    client.server_info = result
+    client.initialized(types.InitializedParams())
+    return client
+
+
+@pytest_asyncio.fixture
+async def client(tiny_model_dir: Path) -> AsyncIterator[Client]:
+    c = await _start(tiny_model_dir, {"maxTokens": 8, "maxLines": 3, "bogusKey": 1, "decoding": "nope"})
+    yield c
+    if not c.stopped:
+        await c.shutdown_async(None)
+        c.exit(None)
+        await c.stop()
+
+
+def _open(client: Client, text: str = TEXT, uri: str = URI) -> None:
+    client.text_document_did_open(
+        types.DidOpenTextDocumentParams(
+            text_document=types.TextDocumentItem(uri=uri, language_id="python", version=1, text=text)
+        )
+    )
+
+
+def _inline(line: int, character: int, uri: str = URI) -> types.InlineCompletionParams:
+    return types.InlineCompletionParams(
+        text_document=types.TextDocumentIdentifier(uri=uri),
+        position=types.Position(line=line, character=character),
+        context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Automatic),
+    )
+
+
+async def test_capabilities_and_completion(client: Client) -> None:
+    caps = client.server_info.capabilities
+    assert caps.inline_completion_provider is not None
+    assert caps.completion_provider is not None
+    sync = caps.text_document_sync
+    assert sync.change == types.TextDocumentSyncKind.Incremental
+
+    _open(client)
+    result = await client.text_document_inline_completion_async(_inline(5, 11))
+    assert isinstance(result, types.InlineCompletionList)
+    for item in result.items:
+        assert item.range.start == types.Position(5, 11)
+        assert isinstance(item.insert_text, str) and item.insert_text
+
+    completion = await client.text_document_completion_async(
+        types.CompletionParams(
+            text_document=types.TextDocumentIdentifier(uri=URI), position=types.Position(5, 11)
+        )
+    )
+    assert isinstance(completion, types.CompletionList) and completion.is_incomplete
+
+
+async def test_invalid_settings_are_reported_once_each(client: Client) -> None:
+    for _ in range(50):
+        if len(client.messages) >= 3:
+            break
+        await asyncio.sleep(0.1)
+    texts = [m.message for m in client.messages]
+    assert any("'decoding'" in t and "greedy" in t for t in texts), texts
+    assert any("bogusKey" in t for t in texts), texts
+    assert any("maxLines" in t for t in texts), texts  # belongs under "completion"
+    assert len(texts) == 3, texts
+
+
+async def test_incremental_changes_with_utf16_positions(client: Client) -> None:
+    _open(client)
+    col_hi = "    # say hi ".index("hi")  # "hi" comes before the emoji: same column in any encoding
+    client.text_document_did_change(
+        types.DidChangeTextDocumentParams(
+            text_document=types.VersionedTextDocumentIdentifier(uri=URI, version=2),
+            content_changes=[
+                types.TextDocumentContentChangePartial(
+                    range=types.Range(types.Position(4, col_hi), types.Position(4, col_hi + 2)),
+                    text="hello",
+                ),
+                # Delete the first emoji: two UTF-16 units. A server counting code points would
+                # delete both emoji and leave a line two units shorter.
+                types.TextDocumentContentChangePartial(
+                    range=types.Range(types.Position(4, 16), types.Position(4, 18)), text=""
+                ),
+            ],
+        )
+    )
+    # Now "    # say hello 😀": 18 UTF-16 units. A position past the end is refused with
+    # InvalidParams, not a crash, and the server keeps serving.
+    for past_end in (19, 40):
+        with pytest.raises(JsonRpcException) as refused:
+            await client.text_document_inline_completion_async(_inline(4, past_end))
+        assert refused.value.code == types.ErrorCodes.InvalidParams
+    result = await client.text_document_inline_completion_async(_inline(4, 18))
+    assert isinstance(result, types.InlineCompletionList)
+    for item in result.items:
+        assert item.range.start == types.Position(4, 18)
+
+
+async def test_unknown_document_is_invalid_params(client: Client) -> None:
+    with pytest.raises(JsonRpcException) as refused:
+        await client.text_document_inline_completion_async(_inline(0, 0, uri="file:///nope.py"))
+    assert refused.value.code == types.ErrorCodes.InvalidParams
+
+
+async def test_cancel_request_and_supersede(client: Client) -> None:
+    _open(client)
+    client.workspace_did_change_configuration(
+        types.DidChangeConfigurationParams(settings={"nextab": {"debounceMs": 3000}})
+    )
+    # $/cancelRequest while the request is waiting: the server answers RequestCancelled.
+    pending = client.protocol.send_request_async(
+        types.TEXT_DOCUMENT_INLINE_COMPLETION, _inline(5, 11), msg_id="cancel-me"
+    )
+    await asyncio.sleep(0.3)
+    client.protocol.notify(types.CANCEL_REQUEST, types.CancelParams(id="cancel-me"))
+    with pytest.raises(JsonRpcException) as cancelled:
+        await asyncio.wait_for(pending, 2)
+    assert cancelled.value.code == types.LSPErrorCodes.RequestCancelled
+
+    # A newer request for the same document supersedes the older one, which returns nothing.
+    client.workspace_did_change_configuration(
+        types.DidChangeConfigurationParams(settings={"nextab": {"debounceMs": 300}})
+    )
+    first = asyncio.ensure_future(client.text_document_inline_completion_async(_inline(5, 11)))
+    await asyncio.sleep(0.05)
+    second = asyncio.ensure_future(client.text_document_inline_completion_async(_inline(5, 11)))
+    assert await asyncio.wait_for(first, 10) is None
+    assert isinstance(await asyncio.wait_for(second, 10), types.InlineCompletionList)
+
+
+async def test_shutdown_and_exit(tiny_model_dir: Path) -> None:
+    c = await _start(tiny_model_dir, {})
+    _open(c)
+    await c.text_document_inline_completion_async(_inline(5, 11))
+    await c.shutdown_async(None)
+    c.exit(None)
+    process = c._server
+    assert process is not None
+    code = await asyncio.wait_for(process.wait(), 10)
+    assert code == 0
+    await c.stop()
+
+
+async def test_missing_model_is_reported_and_server_keeps_serving(tmp_path: Path) -> None:
+    c = await _start(tmp_path / "no-such-model", {})
+    _open(c)
+    result = await c.text_document_inline_completion_async(_inline(5, 11))
+    assert result is None
+    errors = [m for m in c.messages if m.type == types.MessageType.Error]
+    assert len(errors) == 1 and "no-such-model" in errors[0].message
+    await c.shutdown_async(None)
+    c.exit(None)
+    await c.stop()

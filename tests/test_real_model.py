@@ -1,0 +1,69 @@
+"""The real embedded model (Qwen2.5-Coder-0.5B): slower, marked `model`; CI runs it too."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nextab.config import Config
+from nextab.context.document import Document
+from nextab.engine import CompletionRequest, Engine
+
+pytestmark = pytest.mark.model
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "nextab" / "examples" / "stats.py"
+
+
+@pytest.fixture(scope="module")
+def engine() -> Engine:
+    return Engine.load(Config(model="embedded", device="cpu"), progress=False)
+
+
+def _complete(engine: Engine, text: str, offset: int | None = None, doc: Document | None = None):
+    offset = len(text) if offset is None else offset
+    doc = doc or Document("file:///t.py", text)
+    return engine.complete(CompletionRequest(document=doc, offset=offset, text=text, path="t.py"))
+
+
+def test_add_completes_to_a_plus_b(engine: Engine) -> None:
+    suggestion = _complete(engine, "def add(a, b):\n    return ")
+    assert suggestion.text.strip() == "a + b"
+    assert suggestion.mode == "line"
+
+
+def test_fim_uses_the_suffix(engine: Engine) -> None:
+    text = "def area(width, height):\n    result = \n    return result\n"
+    offset = text.index("= ") + 2
+    suggestion = _complete(engine, text, offset)
+    assert suggestion.text.strip().replace(" ", "") in {"width*height", "height*width"}
+
+
+def test_keystroke_reuses_the_prompt_and_matches_a_cold_run(engine: Engine) -> None:
+    text = EXAMPLE.read_text()
+    offset = text.index("    return \n\n\ndef stdev") + len("    return ")
+    doc = Document("file:///stats.py", text)
+    first = _complete(engine, text, offset, doc)
+    typed = text[:offset] + "(" + text[offset:]
+    warm = _complete(engine, typed, offset + 1, doc)
+    cold = _complete(engine, typed, offset + 1, Document("file:///other.py", typed))
+    assert warm.metrics.reused_tokens >= warm.metrics.prompt_tokens - 40
+    assert cold.metrics.reused_tokens == 0
+    assert warm.text == cold.text
+    assert first.text.strip()
+
+
+def test_cli_complete_on_the_bundled_example() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "nextab", "complete", f"{EXAMPLE}:12:12", "--json", "--device", "cpu"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
+    result = json.loads(out.stdout)
+    assert "m" in result["completion"] and "values" in result["completion"]
+    assert result["metrics"]["total_ms"] > 0
