@@ -34,12 +34,23 @@ class StopRules:
 
 
 def _stop_line(text: str) -> int | None:
-    newline = text.find("\n")
-    if newline < 0:
-        return None
-    # A completion on an empty line may start with the newline of a blank line the model wants
-    # first; that still ends the single line.
-    return newline
+    """A line completion ends at the first newline after some code.
+
+    Newlines before any code are kept: at the end of a line, or on a blank line above code, the
+    model often starts the line it means on the next one. More than two empty lines first mean
+    it has nothing to say.
+    """
+    start = 0
+    while (newline := text.find("\n", start)) >= 0:
+        if text[:newline].strip():
+            return newline
+        if text.count("\n", 0, newline + 1) > _MAX_LEADING_NEWLINES:
+            return 0
+        start = newline + 1
+    return None
+
+
+_MAX_LEADING_NEWLINES = 2
 
 
 def _indent_width(line: str) -> int:

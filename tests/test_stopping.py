@@ -33,8 +33,15 @@ def test_line_mode_stops_at_the_first_newline():
     assert kept(rules, "foo(a)\nbar()\nbaz()\n") == "foo(a)"
 
 
-def test_line_mode_leading_newline_ends_the_line():
-    assert StopRules("line", around(""))("\nfoo") == 0
+def test_line_mode_keeps_newlines_before_the_code():
+    rules = StopRules("line", around(""))
+    assert rules("\nfoo") is None  # the line the model means is still being written
+    assert kept(rules, "\n    foo()\nbar()") == "\n    foo()"
+    assert kept(rules, "   \n  \n") is None
+
+
+def test_line_mode_gives_up_after_empty_lines():
+    assert kept(StopRules("line", around("")), "\n\n\n") == ""
 
 
 # --- block mode -----------------------------------------------------------------------------
