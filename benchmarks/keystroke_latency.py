@@ -12,6 +12,7 @@ is what every request would cost without prefix KV reuse. Prints one JSON object
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import random
 import shlex
@@ -45,7 +46,7 @@ def pick_positions(files: list[Path], count: int, seed: int) -> list[Position]:
     for path in files:
         text = path.read_text(encoding="utf-8")
         starts = [0, *(i + 1 for i, c in enumerate(text) if c == "\n")]
-        for start, end in zip(starts, starts[1:], strict=False):
+        for start, end in itertools.pairwise(starts):
             line = text[start : end - 1]
             code = line.lstrip()
             if len(code) < 12 or code.startswith(("#", '"', "'")) or start < 2000:

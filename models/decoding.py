@@ -50,6 +50,38 @@ class DecodeParams:
 
 
 @dataclass(frozen=True)
+class Healing:
+    """Token healing: the prompt's last token, taken off because the prompt ends mid-word.
+
+    The first tokens generated must spell its text again (in any tokenization), so the model is
+    never asked to continue from a token boundary it rarely saw in training ("ret" + "urn").
+    """
+
+    text: str
+    token: int  # the token that was taken off, the fallback when no candidate fits
+
+    def pick(self, backend: Backend, logits: np.ndarray, pending: str, top_k: int = 64) -> int:
+        """The most likely token consistent with the text still pending."""
+        candidates = np.argpartition(logits, -top_k)[-top_k:]
+        for token in candidates[np.argsort(-logits[candidates])]:
+            piece = backend.detokenize([int(token)])
+            if piece and (piece.startswith(pending) or pending.startswith(piece)):
+                return int(token)
+        return self.token
+
+
+def split_for_healing(backend: Backend, prompt: Sequence[int]) -> tuple[list[int], Healing | None]:
+    """Take the last token off a prompt that ends mid-word, for the decoder to heal."""
+    if not prompt:
+        return list(prompt), None
+    last = prompt[-1]
+    piece = backend.detokenize([last])
+    if not piece or "\ufffd" in piece or not (piece[-1].isalnum() or piece[-1] == "_"):
+        return list(prompt), None
+    return list(prompt[:-1]), Healing(text=piece, token=last)
+
+
+@dataclass(frozen=True)
 class DecodeResult:
     tokens: tuple[int, ...]
     text: str
@@ -68,6 +100,7 @@ class Decoder(Protocol):
         prompt: Sequence[int],
         params: DecodeParams,
         cancel: CancelToken,
+        healing: Healing | None = None,
     ) -> DecodeResult: ...
 
 
@@ -106,20 +139,31 @@ class GreedyDecoder:
         prompt: Sequence[int],
         params: DecodeParams,
         cancel: CancelToken,
+        healing: Healing | None = None,
     ) -> DecodeResult:
         started = time.perf_counter()
         logits, reused = prefill(backend, cache, prompt, cancel, params.prefill_chunk)
         prefilled = time.perf_counter()
         generated: list[int] = []
+        healed = healing.text if healing else ""
         text = ""
         reason = "length"
         while len(generated) < params.max_tokens:
-            token = int(np.argmax(logits))
+            spelt = backend.detokenize(generated) if healing and generated else ""
+            if healing and len(spelt) < len(healed):
+                token = healing.pick(backend, logits, healed[len(spelt) :])
+            else:
+                token = int(np.argmax(logits))
             if token in params.stop_ids:
                 reason = "eos"
                 break
             generated.append(token)
-            text = backend.detokenize(generated)
+            full = backend.detokenize(generated)
+            if len(full) < len(healed):
+                cancel.check()
+                logits = backend.forward(cache, [token])
+                continue
+            text = full[len(healed) :]
             if params.stop_check is not None:
                 keep = params.stop_check(text)
                 if keep is not None:

@@ -26,6 +26,7 @@ class FimInput:
     path: str | None = None
     repo_name: str | None = None
     context_files: tuple[ContextFile, ...] = ()
+    middle: str = ""  # code between the FIM split and the cursor, which the model continues
 
 
 @dataclass(frozen=True)
@@ -149,8 +150,9 @@ def stop_token_ids(template: FimTemplate, backend: Backend) -> frozenset[int]:
 def render(template: FimTemplate, backend: Backend, material: FimInput) -> list[int]:
     """Token ids of the prompt, laid out so that what changes least comes first.
 
-    Repository context, then the file header, then the code: a keystroke at the cursor keeps the
-    longest possible token prefix, which the per-document KV cache reuses. Special tokens are
+    Repository context, then the file header, then the code, and the code typed since the FIM
+    split (`material.middle`) after the middle token: a keystroke at the cursor appends to the
+    prompt, whose longest common prefix the per-document KV cache reuses. Special tokens are
     placed by id and the code is tokenized with specials split, so code cannot forge them.
     """
     ids: list[int] = []
@@ -158,7 +160,11 @@ def render(template: FimTemplate, backend: Backend, material: FimInput) -> list[
     if template.bos:
         ids.extend(sp(template.bos))
     ids.extend(_repo_header(template, backend, material, sp))
-    prefix_ids = backend.tokenize(_with_path(template, material) + material.prefix)
+    middle_after_token = template.order == "psm" and template.middle is not None
+    prefix = _with_path(template, material) + material.prefix
+    if not middle_after_token:
+        prefix += material.middle  # suffix-first families already keep the suffix stable
+    prefix_ids = backend.tokenize(prefix)
     suffix_ids = backend.tokenize(material.suffix)
     if template.order == "psm":
         ids += sp(template.prefix) + prefix_ids + sp(template.suffix) + suffix_ids
@@ -166,6 +172,8 @@ def render(template: FimTemplate, backend: Backend, material: FimInput) -> list[
         ids += sp(template.suffix) + suffix_ids + sp(template.prefix) + prefix_ids
     if template.middle:
         ids += sp(template.middle)
+    if middle_after_token:
+        ids += backend.tokenize(material.middle)
     return ids
 
 

@@ -112,7 +112,9 @@ def finalize(text: str, rules: StopRules) -> Trimmed:
     """Trim a finished completion so that accepting it leaves well-formed code."""
     around = rules.around
     if rules.mode == "line":
-        text = text.rstrip()
+        text = _drop_leading_blank_lines(text.rstrip(), around.line_prefix)
+        if _repeats_next_line(text, around.suffix_lines):
+            return Trimmed(text="", replace=0)
         text = _balance_line(around.line_prefix, text)
         return _absorb_rest_of_line(text, around.rest_of_line)
     text = "\n".join(line.rstrip() for line in text.split("\n")).rstrip("\n")
@@ -122,6 +124,28 @@ def finalize(text: str, rules: StopRules) -> Trimmed:
     text = _drop_suffix_repeat(text, around.suffix_lines)
     text = text.rstrip()
     return _absorb_rest_of_line(text, around.rest_of_line)
+
+
+def _drop_leading_blank_lines(text: str, line_prefix: str) -> str:
+    """A line completion that starts on a later line keeps one newline, and only if needed.
+
+    After code on the cursor's line the suggestion is the next line ("\ny = 2"). On a blank
+    line, whitespace-only lines before the code are noise: the code goes where the cursor is,
+    if its indentation starts with what the line already has.
+    """
+    head, newline, content = text.rpartition("\n")
+    if not newline or head.strip():
+        return text
+    if line_prefix.strip():
+        return "\n" + content
+    if content.startswith(line_prefix):
+        return content[len(line_prefix) :]
+    return "\n" + content
+
+
+def _repeats_next_line(text: str, suffix_lines: tuple[str, ...]) -> bool:
+    # Re-typing the code that follows is never a useful suggestion, however it is indented.
+    return bool(text.strip()) and bool(suffix_lines) and text.strip() == suffix_lines[0].strip()
 
 
 def _balance_line(line_prefix: str, text: str) -> str:

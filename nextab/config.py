@@ -22,6 +22,9 @@ class CompletionConfig:
     max_lines: int = 12  # multi-line suggestions stop after this many lines
     prefix_chars: int = 6000  # how much of the file before the cursor the prompt may hold
     suffix_chars: int = 1200  # and after it
+    # The FIM split sits at the start of a line on a grid of this many lines (0: at the cursor),
+    # so typing appends to the prompt instead of moving the suffix: see context/window.py.
+    middle_lines: int = 8
     multiline: Literal["auto", "always", "never"] = "auto"
 
 
@@ -47,6 +50,7 @@ _CHECKS: dict[str, Callable[[Any], bool]] = {
     "max_lines": lambda v: 1 <= v <= 200,
     "prefix_chars": lambda v: 0 <= v <= 1_000_000,
     "suffix_chars": lambda v: 0 <= v <= 1_000_000,
+    "middle_lines": lambda v: 0 <= v <= 1000,
     "device": lambda v: bool(re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v)),
     "model": lambda v: bool(v.strip()),
 }
@@ -57,6 +61,7 @@ _ALLOWED_TEXT = {
     "max_lines": "an integer from 1 to 200",
     "prefix_chars": "an integer from 0 to 1000000",
     "suffix_chars": "an integer from 0 to 1000000",
+    "middle_lines": "an integer from 0 to 1000",
     "device": '"auto", "cpu", "mps", "cuda" or "cuda:N"',
     "model": "a non-empty model name or path",
 }

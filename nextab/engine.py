@@ -25,6 +25,7 @@ from nextab.models.decoding import (
     DecodeParams,
     Decoder,
     make_decoder,
+    split_for_healing,
 )
 from nextab.models.fim import FimInput, FimTemplate, choose_template, render, stop_token_ids
 from nextab.models.stopping import StopRules, finalize
@@ -98,10 +99,20 @@ class Engine:
         mode = decide_mode(text, offset, _requested_mode(request.mode, completion.multiline))
         rules = StopRules(mode=mode, around=surroundings(text, offset), max_lines=completion.max_lines)
         window = cut_window(
-            text, offset, WindowLimits(completion.prefix_chars, completion.suffix_chars)
+            text,
+            offset,
+            WindowLimits(
+                completion.prefix_chars,
+                completion.suffix_chars,
+                middle_lines=completion.middle_lines,
+            ),
         )
-        material = FimInput(prefix=window.prefix, suffix=window.suffix, path=request.path)
-        prompt = render(self.template, self.backend, material)
+        material = FimInput(
+            prefix=window.prefix, middle=window.middle, suffix=window.suffix, path=request.path
+        )
+        prompt, healing = split_for_healing(
+            self.backend, render(self.template, self.backend, material)
+        )
         params = DecodeParams(
             max_tokens=request.max_tokens or self.config.max_tokens,
             stop_ids=self.stop_ids,
@@ -110,7 +121,7 @@ class Engine:
         with self._lock:
             cancel.check()
             cache = self._cache_for(request.document)
-            result = self.decoder.decode(self.backend, cache, prompt, params, cancel)
+            result = self.decoder.decode(self.backend, cache, prompt, params, cancel, healing)
         trimmed = finalize(result.text, rules)
         inserted = trimmed.text
         if _inserts_whole_line(mode, rules, result.stop_reason, inserted):

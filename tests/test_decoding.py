@@ -507,3 +507,58 @@ def test_make_decoder():
     assert isinstance(make_decoder("greedy"), GreedyDecoder)
     with pytest.raises(ValueError, match="greedy"):
         make_decoder("beam")
+
+
+# --- token healing ---------------------------------------------------------------------------
+
+
+def test_split_for_healing_takes_off_a_mid_word_token(tiny_backend):
+    from nextab.models.decoding import split_for_healing
+
+    ids = tiny_backend.tokenize("def add(a, b):\n    ret")
+    kept, healing = split_for_healing(tiny_backend, ids)
+    assert healing is not None
+    assert kept == ids[:-1]
+    assert healing.token == ids[-1]
+    assert tiny_backend.detokenize(kept) + healing.text == "def add(a, b):\n    ret"
+
+
+@pytest.mark.parametrize("ending", ["x = 1\n", "foo(", "a, ", "<|fim_middle|>"])
+def test_split_for_healing_leaves_word_boundaries_alone(tiny_backend, ending):
+    from nextab.models.decoding import split_for_healing
+
+    if ending.startswith("<|"):
+        ids = [*tiny_backend.tokenize("x = "), tiny_backend.special_token_id(ending)]
+    else:
+        ids = tiny_backend.tokenize(ending)
+    kept, healing = split_for_healing(tiny_backend, ids)
+    assert healing is None and kept == ids
+
+
+def test_healed_generation_respells_the_word_and_hides_it(tiny_backend):
+    from nextab.models.decoding import split_for_healing
+
+    prompt, healing = split_for_healing(tiny_backend, tiny_backend.tokenize("for i in ran"))
+    assert healing is not None
+    params = DecodeParams(max_tokens=8, stop_ids=frozenset())
+    result = GreedyDecoder().decode(
+        tiny_backend, tiny_backend.new_cache(), prompt, params, NEVER_CANCELLED, healing
+    )
+    spelt = tiny_backend.detokenize(result.tokens)
+    # The generated tokens start by re-spelling "ran" (however tokenized); the visible
+    # completion is what comes after it.
+    assert spelt.startswith(healing.text)
+    assert result.text == spelt[len(healing.text) :]
+
+
+def test_healing_picks_the_likeliest_consistent_token(tiny_backend):
+    from nextab.models.decoding import Healing
+
+    logits = np.zeros(tiny_backend.info.vocab_size, dtype=np.float32)
+    wanted = tiny_backend.tokenize("return")
+    other = tiny_backend.tokenize("x")[0]
+    logits[other] = 9.0  # likelier, but does not spell the pending text
+    logits[wanted[0]] = 5.0
+    first = tiny_backend.detokenize([wanted[0]])
+    pick = Healing(text="ret", token=other).pick(tiny_backend, logits, "ret")
+    assert pick == wanted[0] and ("ret".startswith(first) or first.startswith("ret"))

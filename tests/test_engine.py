@@ -39,13 +39,31 @@ def request(doc: Document, offset: int | None = None, **kwargs) -> CompletionReq
 
 
 def expected_prompt(backend, text: str, offset: int, path: str | None = None) -> list[int]:
-    # Short documents fit the default window whole.
+    # Short documents fit the default window whole; CLASSIC splits the FIM at the cursor.
     return render(QWEN, backend, FimInput(text[:offset], text[offset:], path=path))
+
+
+CLASSIC = Config(completion=CompletionConfig(middle_lines=0))
 
 
 @pytest.fixture
 def engine(tiny_backend):
-    return Engine(Config(), tiny_backend)
+    return Engine(CLASSIC, tiny_backend)
+
+
+def test_split_layout_makes_a_keystroke_cost_a_few_tokens(tiny_backend):
+    """With the FIM split on a line grid, typing appends to the prompt; at the cursor it does not."""
+    costs = {}
+    for name, config in {"split": Config(), "classic": CLASSIC}.items():
+        engine = Engine(config, tiny_backend)
+        doc = Document("file:///a.py", SOURCE)
+        engine.complete(request(doc))
+        doc.apply_change(SOURCE[:CURSOR] + "a" + SOURCE[CURSOR:])
+        typed = engine.complete(CompletionRequest(document=doc, offset=CURSOR + 1, text=doc.text))
+        costs[name] = typed.metrics.prompt_tokens - typed.metrics.reused_tokens
+    suffix_tokens = len(tiny_backend.tokenize(SOURCE[CURSOR:]))
+    assert costs["split"] <= 3
+    assert costs["classic"] > suffix_tokens
 
 
 def test_complete_returns_a_suggestion(engine, tiny_backend):
@@ -241,7 +259,8 @@ class Scripted:
 
 
 def complete_with(tiny, script: str, text: str, offset: int, **kwargs) -> Suggestion:
-    engine = Engine(Config(**kwargs), Scripted(tiny, script))
+    # The script starts right after <|fim_middle|>: the classic layout puts the cursor there.
+    engine = Engine(dataclasses.replace(CLASSIC, **kwargs), Scripted(tiny, script))
     doc = Document("file:///a.py", text)
     return engine.complete(CompletionRequest(document=doc, offset=offset, text=text))
 
@@ -292,7 +311,7 @@ def test_block_completion_respects_max_lines(tiny_backend):
     text = "def f():\n    "
     script = "".join(f"    a{i} = {i}\n" for i in range(10))[4:]
     s = complete_with(
-        tiny_backend, script, text, len(text), completion=CompletionConfig(max_lines=3)
+        tiny_backend, script, text, len(text), completion=CompletionConfig(max_lines=3, middle_lines=0)
     )
     assert s.text == "a0 = 0\n    a1 = 1\n    a2 = 2"
 
@@ -308,7 +327,7 @@ def test_request_max_tokens_overrides_the_config(tiny_backend):
 
 def test_identical_request_after_a_generation_reuses_the_prompt(tiny_backend):
     # Here the cache also holds generated tokens after the prompt.
-    engine = Engine(Config(), Scripted(tiny_backend, "compute(1)\n"))
+    engine = Engine(CLASSIC, Scripted(tiny_backend, "compute(1)\n"))
     doc = Document("file:///a.py", "x = \n")
     first = engine.complete(CompletionRequest(document=doc, offset=4, text=doc.text))
     assert len(doc.kv.tokens) > first.metrics.prompt_tokens

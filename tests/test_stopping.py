@@ -316,3 +316,18 @@ def test_surroundings_at_the_end_of_the_text(text):
 def test_surroundings_last_line_without_newline():
     s = surroundings("a\nb", 1)
     assert s == Surroundings("a", "", ("b",))
+
+
+def test_finalize_line_drops_blank_lines_before_the_code():
+    # On a blank line at column 0 the code goes on the cursor's line.
+    assert finalize("    \n    while n != 1:", StopRules("line", around(""))).text == "    while n != 1:"
+    # With the cursor inside the indentation, only the rest of the indentation is inserted.
+    assert finalize("\n    x = 1", StopRules("line", around("    "))).text == "x = 1"
+    # After code on the line, the suggestion is the next line: one newline stays.
+    assert finalize("\n\ny = 2", StopRules("line", around("x = 1"))).text == "\ny = 2"
+
+
+def test_finalize_line_drops_a_copy_of_the_next_line():
+    next_line = around("", "", ("        if num > 0:",))
+    assert finalize("    if num > 0:", StopRules("line", next_line)).text == ""
+    assert finalize("    if num < 0:", StopRules("line", next_line)).text == "    if num < 0:"
