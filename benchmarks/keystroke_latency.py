@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nextab.config import Config, to_settings
+from nextab.config import Config, load, to_settings
 from nextab.context.document import Document
 from nextab.engine import CompletionRequest, Engine, Suggestion
 
@@ -135,11 +135,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="embedded")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--settings", help="JSON settings as an editor sends them")
     args = parser.parse_args(argv)
 
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     files = args.files or [stdlib / name for name in DEFAULT_FILES]
     config = Config(model=args.model, device=args.device, max_tokens=args.max_tokens)
+    if args.settings:
+        config, errors = load(json.loads(args.settings), base=config)
+        if errors:
+            raise SystemExit("\n".join(errors))
     started = time.perf_counter()
     engine = Engine.load(config, progress=True)
     loaded = time.perf_counter()

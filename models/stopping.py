@@ -150,39 +150,33 @@ def _repeats_next_line(text: str, suffix_lines: tuple[str, ...]) -> bool:
 
 def _balance_line(line_prefix: str, text: str) -> str:
     """Cut a one-line completion at the first bracket it closes that was never opened."""
-    stack = [c for c in _open_brackets(line_prefix)]
+    stack: list[str] = []
+    _scan_brackets(line_prefix, stack)
+    cut = _scan_brackets(text, stack, stop_at_unmatched=True)
+    return text if cut is None else text[:cut].rstrip()
+
+
+def _scan_brackets(text: str, stack: list[str], *, stop_at_unmatched: bool = False) -> int | None:
+    """Track open brackets of `text` on `stack`, skipping strings.
+
+    Returns the index of the first closing bracket that matches nothing, when asked to stop
+    there; the code before the cursor may have such brackets, and they are not ours to fix.
+    """
     in_string: str | None = None
     for i, c in enumerate(text):
         if in_string:
             if c == in_string:
                 in_string = None
-            continue
-        if c in "\"'`":
+        elif c in "\"'`":
             in_string = c
         elif c in _OPENERS:
             stack.append(c)
         elif c in _CLOSERS:
-            if not stack or stack[-1] != _CLOSERS[c]:
-                return text[:i].rstrip()
-            stack.pop()
-    return text
-
-
-def _open_brackets(line: str) -> list[str]:
-    stack: list[str] = []
-    in_string: str | None = None
-    for c in line:
-        if in_string:
-            if c == in_string:
-                in_string = None
-            continue
-        if c in "\"'`":
-            in_string = c
-        elif c in _OPENERS:
-            stack.append(c)
-        elif c in _CLOSERS and stack and stack[-1] == _CLOSERS[c]:
-            stack.pop()
-    return stack
+            if stack and stack[-1] == _CLOSERS[c]:
+                stack.pop()
+            elif stop_at_unmatched:
+                return i
+    return None
 
 
 def _absorb_rest_of_line(text: str, rest_of_line: str) -> Trimmed:

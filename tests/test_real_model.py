@@ -35,6 +35,12 @@ def test_add_completes_to_a_plus_b(engine: Engine) -> None:
     assert suggestion.mode == "line"
 
 
+def test_mid_word_completion_is_healed(engine: Engine) -> None:
+    # The prompt ends inside "return": token healing lets the model re-spell the word.
+    suggestion = _complete(engine, "def add(a, b):\n    ret")
+    assert suggestion.text.strip() == "urn a + b"
+
+
 def test_fim_uses_the_suffix(engine: Engine) -> None:
     text = "def area(width, height):\n    result = \n    return result\n"
     offset = text.index("= ") + 2
