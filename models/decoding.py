@@ -71,14 +71,24 @@ class Healing:
 
 
 def split_for_healing(backend: Backend, prompt: Sequence[int]) -> tuple[list[int], Healing | None]:
-    """Take the last token off a prompt that ends mid-word, for the decoder to heal."""
+    """Take the last token off a prompt that ends inside a line, for the decoder to heal.
+
+    Mid-word ("ret") and trailing indentation ("    ", where the model's own tokenization is
+    "   " + " total") both leave the model at a token boundary it rarely saw in training, and it
+    answers with the wrong word or one space too many. A prompt that ends with a special token
+    or a newline is at a natural boundary and stays whole.
+    """
     if not prompt:
         return list(prompt), None
     last = prompt[-1]
     piece = backend.detokenize([last])
-    if not piece or "\ufffd" in piece or not (piece[-1].isalnum() or piece[-1] == "_"):
+    if not piece or "\ufffd" in piece or piece.endswith("\n") or _is_special(backend, piece):
         return list(prompt), None
     return list(prompt[:-1]), Healing(text=piece, token=last)
+
+
+def _is_special(backend: Backend, piece: str) -> bool:
+    return backend.special_token_id(piece) is not None
 
 
 @dataclass(frozen=True)

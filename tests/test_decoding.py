@@ -523,8 +523,8 @@ def test_split_for_healing_takes_off_a_mid_word_token(tiny_backend):
     assert tiny_backend.detokenize(kept) + healing.text == "def add(a, b):\n    ret"
 
 
-@pytest.mark.parametrize("ending", ["x = 1\n", "foo(", "a, ", "<|fim_middle|>"])
-def test_split_for_healing_leaves_word_boundaries_alone(tiny_backend, ending):
+@pytest.mark.parametrize("ending", ["x = 1\n", "<|fim_middle|>"])
+def test_split_for_healing_leaves_natural_boundaries_alone(tiny_backend, ending):
     from nextab.models.decoding import split_for_healing
 
     if ending.startswith("<|"):
@@ -533,6 +533,16 @@ def test_split_for_healing_leaves_word_boundaries_alone(tiny_backend, ending):
         ids = tiny_backend.tokenize(ending)
     kept, healing = split_for_healing(tiny_backend, ids)
     assert healing is None and kept == ids
+
+
+@pytest.mark.parametrize("ending", ["def f():\n    ", "foo(", "a, "])
+def test_split_for_healing_heals_inside_a_line(tiny_backend, ending):
+    from nextab.models.decoding import split_for_healing
+
+    ids = tiny_backend.tokenize(ending)
+    kept, healing = split_for_healing(tiny_backend, ids)
+    assert healing is not None and kept == ids[:-1]
+    assert tiny_backend.detokenize(kept) + healing.text == ending
 
 
 def test_healed_generation_respells_the_word_and_hides_it(tiny_backend):

@@ -42,10 +42,13 @@ def test_mid_word_completion_is_healed(engine: Engine) -> None:
 
 
 def test_fim_uses_the_suffix(engine: Engine) -> None:
-    text = "def area(width, height):\n    result = \n    return result\n"
-    offset = text.index("= ") + 2
+    # `total` appears only after the cursor: the body must define it, and not re-type the return.
+    text = "def add_all(xs):\n    \n    return total\n"
+    offset = text.index("    \n") + 4
     suggestion = _complete(engine, text, offset)
-    assert suggestion.text.strip().replace(" ", "") in {"width*height", "height*width"}
+    assert suggestion.mode == "block"
+    assert "total" in suggestion.text
+    assert "return total" not in suggestion.text
 
 
 def test_keystroke_reuses_the_prompt_and_matches_a_cold_run(engine: Engine) -> None:
