@@ -30,20 +30,15 @@ def lively(tiny_backend):
     The shared tiny model ties its embeddings with small weights, which makes it repeat the
     last prompt token; fine for cache tests, too uniform to test decoding on alone.
     """
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from transformers import Qwen2ForCausalLM
 
     from nextab.models.torch_backend import TorchBackend
+    from tests.tiny import tiny_qwen2_config
 
     tokenizer = tiny_backend.tokenizer
     torch.manual_seed(1)
-    config = Qwen2Config(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=4096,
+    config = tiny_qwen2_config(
+        len(tokenizer),
         eos_token_id=tokenizer.eos_token_id,
         tie_word_embeddings=False,
         initializer_range=0.3,

@@ -106,16 +106,11 @@ def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_hf_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from transformers import Qwen2ForCausalLM
 
-    config = Qwen2Config(
-        vocab_size=128,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=64,
-    )
+    from tests.tiny import tiny_qwen2_config
+
+    config = tiny_qwen2_config(128)
     folder = tmp_path_factory.mktemp("hf") / "tiny-qwen2"
     Qwen2ForCausalLM(config).save_pretrained(folder)
     return folder
