@@ -156,12 +156,12 @@ class GreedyDecoder:
         prefilled = time.perf_counter()
         generated: list[int] = []
         healed = healing.text if healing else ""
+        full = ""  # everything generated, healed text included
         text = ""
         reason = "length"
         while len(generated) < params.max_tokens:
-            spelt = backend.detokenize(generated) if healing and generated else ""
-            if healing and len(spelt) < len(healed):
-                token = healing.pick(backend, logits, healed[len(spelt) :])
+            if healing and len(full) < len(healed):
+                token = healing.pick(backend, logits, healed[len(full) :])
             else:
                 token = int(np.argmax(logits))
             if token in params.stop_ids:
