@@ -21,10 +21,10 @@ _SUBWORD = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|[0-9]+")
 # Words so common in code that they say nothing about what a chunk is about.
 _STOP = frozenset(
     {
-       "self", "this", "cls", "def", "return", "if", "else", "elif", "for", "while", "in", "is",
-       "not", "and", "or", "none", "true", "false", "null", "import", "from", "as", "class",
-       "function", "const", "let", "var", "new", "public", "private", "static", "void", "int",
-       "str", "the", "a", "an", "of", "to",
+        "self", "this", "cls", "def", "return", "if", "else", "elif", "for", "while", "in", "is",
+        "not", "and", "or", "none", "true", "false", "null", "import", "from", "as", "class",
+        "function", "const", "let", "var", "new", "public", "private", "static", "void", "int",
+        "str", "the", "a", "an", "of", "to",
     }
 )
 
