@@ -29,6 +29,24 @@ class CompletionConfig:
 
 
 @dataclass(frozen=True)
+class ContextConfig:
+    """Repository material in the prompt: what is gathered, and how it is cut to a budget."""
+
+    # "longcodezip" compresses the candidates with the model as scorer, "bm25" keeps the best by
+    # BM25 alone, "full" keeps them in rank order, "none" shows the current file only.
+    strategy: Literal["longcodezip", "bm25", "full", "none"] = "longcodezip"
+    pool_tokens: int = 4096  # candidates gathered before compression
+    budget_tokens: int = 1024  # repository material that reaches the prompt
+    recent_edits_chars: int = 1200  # unified diffs of the latest edits shown in the prompt
+    index: bool = True  # index the workspace (definitions, imports, similar code)
+    watch: bool = True  # follow changes made outside the editor
+    max_files: int = 20_000
+    max_file_bytes: int = 1_000_000
+    history_edits: int = 200  # edits kept per workspace, across restarts
+    edit_pause_ms: int = 1500  # a pause this long ends an edit
+
+
+@dataclass(frozen=True)
 class Config:
     model: str = "embedded"  # "embedded", a model directory, a .gguf file or a hub id
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:N", "mps"
@@ -41,6 +59,7 @@ class Config:
     cached_documents: int = 4  # documents whose prompt KV cache is kept
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     completion: CompletionConfig = field(default_factory=CompletionConfig)
+    context: ContextConfig = field(default_factory=ContextConfig)
 
 
 _CHECKS: dict[str, Callable[[Any], bool]] = {
@@ -53,6 +72,13 @@ _CHECKS: dict[str, Callable[[Any], bool]] = {
     "middle_lines": lambda v: 0 <= v <= 1000,
     "device": lambda v: bool(re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v)),
     "model": lambda v: bool(v.strip()),
+    "pool_tokens": lambda v: 0 <= v <= 131_072,
+    "budget_tokens": lambda v: 0 <= v <= 131_072,
+    "recent_edits_chars": lambda v: 0 <= v <= 100_000,
+    "max_files": lambda v: 0 <= v <= 1_000_000,
+    "max_file_bytes": lambda v: 1 <= v <= 100_000_000,
+    "history_edits": lambda v: 0 <= v <= 100_000,
+    "edit_pause_ms": lambda v: 0 <= v <= 600_000,
 }
 _ALLOWED_TEXT = {
     "max_tokens": "an integer from 1 to 4096",
@@ -64,6 +90,13 @@ _ALLOWED_TEXT = {
     "middle_lines": "an integer from 0 to 1000",
     "device": '"auto", "cpu", "mps", "cuda" or "cuda:N"',
     "model": "a non-empty model name or path",
+    "pool_tokens": "an integer from 0 to 131072",
+    "budget_tokens": "an integer from 0 to 131072",
+    "recent_edits_chars": "an integer from 0 to 100000",
+    "max_files": "an integer from 0 to 1000000",
+    "max_file_bytes": "an integer from 1 to 100000000",
+    "history_edits": "an integer from 0 to 100000",
+    "edit_pause_ms": "an integer from 0 to 600000",
 }
 
 _converter = cattrs.Converter(forbid_extra_keys=True)
@@ -85,6 +118,8 @@ def _allowed(name: str, hint: Any) -> str:
 def _structure_value(name: str, hint: Any, value: Any) -> Any:
     if hint is int:
         value = _integer(value)
+    elif hint is bool:
+        value = _boolean(value)
     elif hint is str and not isinstance(value, str):
         raise TypeError("not a string")
     result = _converter.structure(value, hint)
@@ -92,6 +127,19 @@ def _structure_value(name: str, hint: Any, value: Any) -> Any:
     if check is not None and not check(result):
         raise ValueError("out of range")
     return result
+
+
+_TRUE = frozenset({"true", "1", "yes", "on"})
+_FALSE = frozenset({"false", "0", "no", "off"})
+
+
+def _boolean(value: Any) -> bool:
+    # Strings come from the environment and CLI; anything else must already be a JSON boolean.
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    raise TypeError("not a boolean")
 
 
 def _integer(value: Any) -> int:

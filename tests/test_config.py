@@ -284,3 +284,25 @@ def test_to_settings_round_trip(config):
     assert load(to_settings(config)) == (config, [])
     # And over an unrelated base, every key is present so the base is fully replaced.
     assert load(to_settings(config), base=Config(max_tokens=1000)) == (config, [])
+
+
+@pytest.mark.parametrize(("value", "expected"), [(True, True), (False, False), ("off", False), ("1", True)])
+def test_booleans_from_json_and_environment_strings(value, expected):
+    config, messages = load({"context": {"watch": value}})
+    assert messages == []
+    assert config.context.watch is expected
+
+
+@pytest.mark.parametrize("value", [1, "maybe", None, [True]])
+def test_non_booleans_rejected_for_booleans(value):
+    config, messages = load({"context": {"index": value, "budgetTokens": 512}})
+    assert config.context.index is True
+    assert config.context.budget_tokens == 512
+    assert len(messages) == 1 and "'context.index'" in messages[0] and "default True" in messages[0]
+
+
+def test_context_section_from_env():
+    settings = from_env({"NEXTAB_CONTEXT__STRATEGY": "bm25", "NEXTAB_CONTEXT__WATCH": "false"})
+    config, messages = load(settings)
+    assert messages == []
+    assert config.context.strategy == "bm25" and config.context.watch is False
