@@ -60,6 +60,18 @@ class Backend(Protocol):
         """Drop everything after the first `length` tokens of `cache`."""
         ...
 
+    def token_logprobs(
+        self, sequences: Sequence[Sequence[int]], starts: Sequence[int]
+    ) -> list[np.ndarray]:
+        """Log-probability of each token of `sequences[i][starts[i]:]` given the tokens before it.
+
+        The sequences are independent of each other and of every KV cache (none is read or
+        changed); this is the scoring path for context selection, not for decoding. Each start
+        must be at least 1, since the first token has nothing to be predicted from. Returns one
+        float32 array of length `len(sequences[i]) - starts[i]` per sequence, on the host.
+        """
+        ...
+
 
 def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
     n = min(len(a), len(b))

@@ -148,6 +148,83 @@ class TorchBackend:
         cache.kv.crop(length - len(cache.tokens))
         del cache.tokens[length:]
 
+    @torch.inference_mode()
+    def token_logprobs(
+        self,
+        sequences: Sequence[Sequence[int]],
+        starts: Sequence[int],
+        chunk: int = 256,
+        head_rows: int = 128,
+    ) -> list[np.ndarray]:
+        check_scoring_args(sequences, starts)
+        if not sequences:
+            return []
+        lengths = [len(seq) for seq in sequences]
+        count, width = len(sequences), max(lengths)
+        ids = torch.zeros((count, width), dtype=torch.long)
+        mask = torch.zeros((count, width), dtype=torch.long)
+        for i, seq in enumerate(sequences):
+            ids[i, : len(seq)] = torch.tensor(list(seq), dtype=torch.long)
+            mask[i, : len(seq)] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        # Right padding keeps every real token at its unpadded position, and causal attention
+        # never lets a real token see the padding after it; the mask only matters for pad rows.
+        padded = min(lengths) != width
+        # The decoder stack without the LM head, so that only the rows whose next token is
+        # scored pay for the vocabulary-wide projection (151k columns for Qwen). Models that
+        # post-process logits (soft-capping, logit scale) would need the full head here.
+        decoder, head = self.model.base_model, self.model.get_output_embeddings()
+        cache = DynamicCache(config=self.model.config)
+        pieces: list[list[torch.Tensor]] = [[] for _ in sequences]
+        for begin in range(0, width, chunk):
+            end = min(begin + chunk, width)
+            positions = torch.arange(begin, end, device=self.device)
+            hidden = decoder(
+                input_ids=ids[:, begin:end],
+                attention_mask=mask[:, :end] if padded else None,
+                past_key_values=cache,
+                use_cache=end < width,
+                cache_position=positions,
+                position_ids=positions.unsqueeze(0).expand(count, -1),
+            ).last_hidden_state
+            rows, targets, owners, counts = [], [], [], []
+            for i in range(count):
+                # Position p predicts token p + 1.
+                lo, hi = max(begin, starts[i] - 1), min(end, lengths[i] - 1)
+                if lo < hi:
+                    rows.append(hidden[i, lo - begin : hi - begin])
+                    targets.append(ids[i, lo + 1 : hi + 1])
+                    owners.append(i)
+                    counts.append(hi - lo)
+            if not rows:
+                continue
+            scored = _row_logprobs(head, torch.cat(rows), torch.cat(targets), head_rows)
+            for i, part in zip(owners, scored.split(counts), strict=True):
+                pieces[i].append(part)
+        return [
+            torch.cat(p).cpu().numpy() if p else np.zeros(0, dtype=np.float32) for p in pieces
+        ]
+
+
+def check_scoring_args(sequences: Sequence[Sequence[int]], starts: Sequence[int]) -> None:
+    if len(sequences) != len(starts):
+        raise ValueError(f"{len(sequences)} sequences but {len(starts)} starts")
+    for seq, start in zip(sequences, starts, strict=True):
+        if not 1 <= start <= len(seq):
+            raise ValueError(f"start {start} outside 1..{len(seq)} (the first token is unscored)")
+
+
+def _row_logprobs(
+    head: torch.nn.Module, rows: torch.Tensor, targets: torch.Tensor, group: int
+) -> torch.Tensor:
+    """Float32 log-softmax of the head's output, a few rows at a time to bound memory."""
+    out = []
+    for begin in range(0, rows.shape[0], group):
+        logits = head(rows[begin : begin + group]).float()
+        picked = targets[begin : begin + group].unsqueeze(-1)
+        out.append(logits.log_softmax(-1).gather(-1, picked).squeeze(-1))
+    return torch.cat(out)
+
 
 def _eos_ids(model: Any, tokenizer: PreTrainedTokenizerBase) -> set[int]:
     ids: set[int] = set()

@@ -1,0 +1,128 @@
+"""Backend.token_logprobs and BackendScorer on the tiny random-weight Qwen2 model."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from nextab.models.scoring import BackendScorer
+
+CODE = "def add(a, b):\n    return a + b\n\nfor i in range(10):\n    print(i)\n"
+
+
+def stepwise_logprobs(backend, ids: list[int], start: int) -> np.ndarray:
+    """The reference: one forward call per token through the decoding cache."""
+    cache = backend.new_cache()
+    logits = backend.forward(cache, ids[:start])
+    out = []
+    for token in ids[start:]:
+        out.append(torch.from_numpy(logits).log_softmax(-1)[token].item())
+        logits = backend.forward(cache, [token])
+    return np.array(out, dtype=np.float32)
+
+
+def test_batched_logprobs_equal_stepwise_forward(tiny_backend) -> None:
+    sequences = [
+        tiny_backend.tokenize(CODE * 2),
+        tiny_backend.tokenize("class Point:\n    pass\n"),
+        tiny_backend.tokenize("import os\n"),
+    ]
+    starts = [1, 4, 2]
+    batched = tiny_backend.token_logprobs(sequences, starts)
+    for seq, start, got in zip(sequences, starts, batched, strict=True):
+        assert got.dtype == np.float32
+        assert got.shape == (len(seq) - start,)
+        np.testing.assert_allclose(got, stepwise_logprobs(tiny_backend, seq, start), atol=1e-4)
+        assert (got <= 0).all()
+
+
+def test_padding_and_chunking_do_not_change_results(tiny_backend) -> None:
+    short = tiny_backend.tokenize("for i in range(10):\n")
+    long = tiny_backend.tokenize(CODE * 3)
+    alone = tiny_backend.token_logprobs([short], [1])[0]
+    beside_longer = tiny_backend.token_logprobs([long, short], [1, 1])
+    np.testing.assert_allclose(beside_longer[1], alone, atol=1e-5)
+    chunked = tiny_backend.token_logprobs([long, short], [1, 1], chunk=7, head_rows=5)
+    for a, b in zip(chunked, beside_longer, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_scoring_leaves_decoding_caches_alone(tiny_backend) -> None:
+    ids = tiny_backend.tokenize(CODE)
+    cache = tiny_backend.new_cache()
+    tiny_backend.forward(cache, ids[:5])
+    tiny_backend.token_logprobs([ids], [1])
+    assert list(cache.tokens) == ids[:5]
+    after = tiny_backend.forward(cache, ids[5:8])
+    control = tiny_backend.new_cache()
+    tiny_backend.forward(control, ids[:5])
+    np.testing.assert_allclose(after, tiny_backend.forward(control, ids[5:8]), atol=1e-5)
+
+
+def test_scoring_rejects_bad_starts(tiny_backend) -> None:
+    ids = tiny_backend.tokenize(CODE)
+    with pytest.raises(ValueError):
+        tiny_backend.token_logprobs([ids], [0])
+    with pytest.raises(ValueError):
+        tiny_backend.token_logprobs([ids], [len(ids) + 1])
+    with pytest.raises(ValueError):
+        tiny_backend.token_logprobs([ids, ids], [1])
+    assert tiny_backend.token_logprobs([], []) == []
+    assert tiny_backend.token_logprobs([ids], [len(ids)])[0].shape == (0,)
+
+
+def test_nll_is_the_mean_negative_logprob_after_document_start(tiny_backend) -> None:
+    scorer = BackendScorer(tiny_backend)
+    eos = tiny_backend.special_token_id("<|endoftext|>")
+    context, target = "import os", "for i in range(10):\n    print(i)\n"
+    ids = [eos, *tiny_backend.tokenize(context + "\n\n")]
+    start = len(ids)
+    ids += tiny_backend.tokenize(target)
+    expected = -stepwise_logprobs(tiny_backend, ids, start).mean()
+    assert scorer.nll(target, context) == pytest.approx(expected, abs=1e-4)
+    unconditioned = -stepwise_logprobs(tiny_backend, [eos, *tiny_backend.tokenize(target)], 1)
+    assert scorer.nll(target) == pytest.approx(unconditioned.mean(), abs=1e-4)
+    assert scorer.nll_batch([(target, context), (target, "")]) == pytest.approx(
+        [expected, unconditioned.mean()], abs=1e-4
+    )
+    assert math.isnan(scorer.nll("", context))
+
+
+def test_line_nlls_follow_lines_and_skip_blank_ones(tiny_backend) -> None:
+    scorer = BackendScorer(tiny_backend, batch_size=2)
+    values = scorer.line_nlls(CODE)
+    assert len(values) == len(CODE.splitlines())
+    blank = CODE.splitlines().index("")
+    assert math.isnan(values[blank])
+    assert all(v > 0 for i, v in enumerate(values) if i != blank)
+    # A single line's mean is the text's mean, and batching does not change it.
+    line = "for i in range(10):"
+    assert scorer.line_nlls(line) == pytest.approx([scorer.nll(line)], abs=1e-5)
+    batched = scorer.line_nll_batch([(CODE, ""), (line, "import os"), (CODE, "import os")])
+    assert batched[0] == pytest.approx(values, abs=1e-5, nan_ok=True)
+    assert batched[1] == pytest.approx([scorer.nll(line, "import os")], abs=1e-5)
+    # The context reaches the scores.
+    assert batched[2] != pytest.approx(values, abs=1e-6, nan_ok=True)
+
+
+def test_line_weights_rebuild_the_text_nll(tiny_backend) -> None:
+    """Token-weighted line means give back the whole text's mean: no token is lost or doubled."""
+    scorer = BackendScorer(tiny_backend)
+    text = "x = 1\ny = [1, 2, 3]\nprint(x, y)\n"
+    per_line = scorer.line_nlls(text)
+    counts = [0] * len(per_line)
+    line = 0
+    for token in tiny_backend.tokenize(text):
+        counts[line] += 1
+        line += tiny_backend.detokenize([token]).count("\n")
+    total = sum(v * n for v, n in zip(per_line, counts, strict=True)) / sum(counts)
+    assert total == pytest.approx(scorer.nll(text), abs=1e-5)
+
+
+def test_count_tokens_matches_the_tokenizer(tiny_backend) -> None:
+    scorer = BackendScorer(tiny_backend)
+    assert scorer.count_tokens(CODE) == len(tiny_backend.tokenize(CODE))
+    assert scorer.count_tokens("") == 0
