@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+from nextab.context.syntax import Snapshot
 from nextab.models.stopping import Mode, Surroundings
 
 RequestedMode = Literal["auto", "line", "block"]
@@ -34,18 +35,27 @@ def surroundings(text: str, offset: int, lookahead_lines: int = 3) -> Surroundin
     )
 
 
-def decide_mode(text: str, offset: int, requested: RequestedMode = "auto") -> Mode:
+def decide_mode(
+    text: str, offset: int, requested: RequestedMode = "auto", tree: Snapshot | None = None
+) -> Mode:
     """Multi-line only where a new body is being started; everywhere else one line.
 
-    A block is offered at the end of a line that opens a block (`:`, `{`, `(`, ...) and on a
-    blank line right after one. Mid-line, with code after the cursor, or after a plain
-    statement, a completion is one line.
+    With a syntax tree of `text`, a block is offered where the cursor starts a body (a block
+    with nothing before the cursor); mid-expression, inside strings and comments, and between
+    existing statements a completion is one line. Without a tree, or where the code around
+    the cursor does not parse, the text decides: a block at the end of a line that opens one
+    (`:`, `{`, `(`, ...) and on a blank line right after one.
     """
     if requested != "auto":
         return requested
     around = surroundings(text, offset)
     if around.rest_of_line.strip():
         return "line"
+    # A tree of another text (a stale snapshot) would place the cursor wrongly: ignore it.
+    if tree is not None and tree.text == text:
+        context = tree.cursor_at(offset)
+        if not context.in_error:
+            return "block" if context.kind == "body_start" else "line"
     if around.line_prefix.strip():
         return "block" if around.line_prefix.rstrip().endswith(_BLOCK_OPENERS) else "line"
     previous = _previous_nonblank_line(text, offset)

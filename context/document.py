@@ -6,6 +6,8 @@ import bisect
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from nextab.context.syntax import SyntaxTree
+
 
 class PositionError(ValueError):
     """A line/character position that does not exist in the document."""
@@ -60,9 +62,11 @@ def index_to_column(line: str, index: int, encoding: Encoding = "utf-16") -> int
 class Document:
     """Everything nextab holds for one open document, in one place.
 
-    `text` and `version` follow the editor. `kv` is the model's cache for the last prompt built
-    from this document (owned by the engine, touched only on the model thread), and `inflight`
-    is whatever handle cancels the request now being computed for it.
+    `text` and `version` follow the editor. `syntax` is its tree-sitter tree, kept in step
+    with each change (None for plain text and unknown languages). `kv` is the model's cache
+    for the last prompt built from this document (owned by the engine, touched only on the
+    model thread), and `inflight` is whatever handle cancels the request now being computed
+    for it.
     """
 
     def __init__(
@@ -80,6 +84,7 @@ class Document:
         self.kv: Any = None
         self.inflight: Any = None
         self._set_text(text)
+        self.syntax: SyntaxTree | None = SyntaxTree.for_document(uri, text, language_id, version)
 
     @property
     def text(self) -> str:
@@ -87,13 +92,23 @@ class Document:
 
     def _set_text(self, text: str) -> None:
         self._text = text
-        starts = [0]
-        find = text.find
-        at = find("\n")
-        while at >= 0:
-            starts.append(at + 1)
-            at = find("\n", at + 1)
-        self._line_starts = starts
+        self._line_starts = _line_starts(text)
+
+    def _splice(self, start: int, end: int, new: str) -> None:
+        """Replace text[start:end] and patch the line index instead of rebuilding it.
+
+        Lines before the edit keep their starts, the edit's own lines are rescanned, and the
+        starts after it shift by the change in length (a list shift, no text scan).
+        """
+        starts = self._line_starts
+        first = bisect.bisect_right(starts, start)  # starts[:first] are at or before `start`
+        last = bisect.bisect_right(starts, end)  # starts[last:] are after the old text's edit
+        delta = len(new) - (end - start)
+        inserted = [start + s for s in _line_starts(new)[1:]]
+        shifted = [s + delta for s in starts[last:]] if delta else starts[last:]
+        # A start in (start, end] was a line the edit removed; it is gone with the old text.
+        starts[first:] = inserted + shifted
+        self._text = self._text[:start] + new + self._text[end:]
 
     @property
     def line_count(self) -> int:
@@ -132,9 +147,23 @@ class Document:
         """Apply one content change from didChange (a full replacement when `range` is None)."""
         if range is None:
             self._set_text(text)
+            if self.syntax is not None:
+                self.syntax.replace(text, version)
         else:
             start = self.offset_at(range.start, clamp=True)
             end = max(start, self.offset_at(range.end, clamp=True))
-            self._set_text(self._text[:start] + text + self._text[end:])
+            self._splice(start, end, text)
+            if self.syntax is not None:
+                self.syntax.edit(start, end, text, version)
         if version is not None:
             self.version = version
+
+
+def _line_starts(text: str) -> list[int]:
+    starts = [0]
+    find = text.find
+    at = find("\n")
+    while at >= 0:
+        starts.append(at + 1)
+        at = find("\n", at + 1)
+    return starts

@@ -314,6 +314,18 @@ if HAS_HYPOTHESIS:
             assert [doc.line(i) for i in range(doc.line_count)] == expected.split("\n")
 
     @settings(max_examples=150, deadline=None)
+    @given(text=texts, encoding=encodings, seed=st.integers(0, 2**32 - 1))
+    def test_patched_line_index_equals_a_rebuild_property(text, encoding, seed):
+        # The line index is patched per change; it must be what scanning the text gives.
+        rng = random.Random(seed)
+        doc = Document("file:///t", text, encoding=encoding)
+        for _ in range(10):
+            new, rng_range, expected = _random_edit(rng, doc.text, encoding)
+            doc.apply_change(new, rng_range)
+            rebuilt = [0] + [i + 1 for i, c in enumerate(expected) if c == "\n"]
+            assert doc._line_starts == rebuilt
+
+    @settings(max_examples=150, deadline=None)
     @given(
         line=st.text(alphabet=st.sampled_from(ALPHABET[:3] + ALPHABET[4:]), max_size=20),
         encoding=encodings,
