@@ -12,11 +12,17 @@ import threading
 import time
 import weakref
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-from nextab.config import Config
+from nextab.config import Config, ContextConfig
+from nextab.context.compress import CompressionCancelled
 from nextab.context.cursor import RequestedMode, decide_mode, surroundings
 from nextab.context.document import Document
+from nextab.context.repository import Material
+from nextab.context.syntax import Snapshot
 from nextab.context.window import WindowLimits, cut_window
 from nextab.models.backend import Backend, KVCache
 from nextab.models.decoding import (
@@ -27,8 +33,19 @@ from nextab.models.decoding import (
     make_decoder,
     split_for_healing,
 )
-from nextab.models.fim import FimInput, FimTemplate, choose_template, render, stop_token_ids
-from nextab.models.stopping import StopRules, finalize
+from nextab.models.fim import (
+    ContextFile,
+    FimInput,
+    FimTemplate,
+    choose_template,
+    render,
+    stop_token_ids,
+)
+from nextab.models.scoring import BackendScorer
+from nextab.models.stopping import StopRules, Trimmed, finalize
+
+if TYPE_CHECKING:
+    from nextab.context.workspace import ProgressFn, Workspace, WorkspaceSettings
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +62,7 @@ class CompletionRequest:
 
 @dataclass(frozen=True)
 class Metrics:
+    context_tokens: int  # repository material in the prompt
     prompt_tokens: int
     reused_tokens: int
     generated_tokens: int
@@ -72,6 +90,12 @@ class Engine:
         # One model, one thread at a time: the KV caches and the model are not thread-safe.
         self._lock = threading.Lock()
         self._cached: OrderedDict[int, weakref.ref[Document]] = OrderedDict()
+        self.workspace: Workspace | None = None
+        # Completions waiting for the model: background preparation yields to them.
+        self._waiting = 0
+        self._wake = threading.Event()
+        self._preparer: threading.Thread | None = None
+        self._closing = False
 
     @classmethod
     def load(cls, config: Config, *, progress: bool = True) -> Engine:
@@ -89,6 +113,68 @@ class Engine:
             self.stop_ids = stop_token_ids(self.template, self.backend)
             self.decoder = make_decoder(config.decoding)
             self.config = config
+        if self.workspace is not None:
+            self.workspace.settings = workspace_settings(config.context)
+
+    def open_workspace(
+        self,
+        root: str | Path,
+        *,
+        store_dir: Path | None = None,
+        progress: ProgressFn | None = None,
+        start: bool = True,
+    ) -> Workspace:
+        """Serve completions with `root`'s repository context (one workspace per engine)."""
+        from nextab.context.workspace import Workspace
+
+        self.close_workspace()
+        scorer = _LockedScorer(BackendScorer(self.backend), self)
+        self.workspace = Workspace(
+            root,
+            workspace_settings(self.config.context),
+            scorer=scorer,
+            count_tokens=scorer.count_tokens,
+            store_dir=store_dir,
+            progress=progress,
+        )
+        if start:
+            self.workspace.start()
+        self._closing = False
+        self._preparer = threading.Thread(
+            target=self._prepare_loop, name="nextab-context", daemon=True
+        )
+        self._preparer.start()
+        return self.workspace
+
+    def close_workspace(self) -> None:
+        workspace, self.workspace = self.workspace, None
+        if self._preparer is not None:
+            self._closing = True
+            self._wake.set()
+            self._preparer.join(timeout=30)
+            self._preparer = None
+        if workspace is not None:
+            workspace.stop()
+
+    def _prepare_loop(self) -> None:
+        # Compression runs the model: it takes the lock per scoring call and gives up as soon
+        # as a completion waits, so a keystroke never queues behind more than one call.
+        while not self._closing:
+            self._wake.wait(timeout=1.0)
+            self._wake.clear()
+            workspace = self.workspace
+            while workspace is not None and not self._closing and not self._waiting:
+                try:
+                    if not workspace.prepare_pending(should_stop=self._should_yield):
+                        break
+                except CompressionCancelled:
+                    break
+                except Exception:  # a bad file must not end background preparation
+                    log.exception("preparing repository context failed")
+                    break
+
+    def _should_yield(self) -> bool:
+        return self._closing or self._waiting > 0
 
     def complete(self, request: CompletionRequest, cancel: CancelToken = NEVER_CANCELLED) -> Suggestion:
         started = time.perf_counter()
@@ -96,7 +182,12 @@ class Engine:
         if not 0 <= offset <= len(text):
             raise ValueError(f"cursor offset {offset} outside the document (0..{len(text)})")
         completion = self.config.completion
-        mode = decide_mode(text, offset, _requested_mode(request.mode, completion.multiline))
+        syntax = request.document.syntax
+        # The request's own text: the document may have moved on since it was made.
+        tree = syntax.snapshot(text) if syntax is not None else None
+        mode = decide_mode(
+            text, offset, _requested_mode(request.mode, completion.multiline), tree=tree
+        )
         rules = StopRules(mode=mode, around=surroundings(text, offset), max_lines=completion.max_lines)
         window = cut_window(
             text,
@@ -107,8 +198,14 @@ class Engine:
                 middle_lines=completion.middle_lines,
             ),
         )
+        repo = self._repository_material(request)
         material = FimInput(
-            prefix=window.prefix, middle=window.middle, suffix=window.suffix, path=request.path
+            prefix=window.prefix,
+            middle=window.middle,
+            suffix=window.suffix,
+            path=request.path,
+            repo_name=self.workspace.root.name if self.workspace is not None else None,
+            context_files=tuple(ContextFile(p.path, p.text) for p in repo.pieces),
         )
         prompt, healing = split_for_healing(
             self.backend, render(self.template, self.backend, material)
@@ -118,20 +215,31 @@ class Engine:
             stop_ids=self.stop_ids,
             stop_check=rules,
         )
-        with self._lock:
-            cancel.check()
-            cache = self._cache_for(request.document)
-            result = self.decoder.decode(self.backend, cache, prompt, params, cancel, healing)
+        # Completions come from one thread (the caller's model thread), so a plain counter is
+        # enough; the preparer only reads it.
+        self._waiting += 1
+        try:
+            with self._lock:
+                self._waiting -= 1
+                cancel.check()
+                cache = self._cache_for(request.document)
+                result = self.decoder.decode(self.backend, cache, prompt, params, cancel, healing)
+        finally:
+            if self.workspace is not None and self.workspace.pending():
+                self._wake.set()
         trimmed = finalize(result.text, rules)
-        inserted = trimmed.text
-        if _inserts_whole_line(mode, rules, result.stop_reason, inserted):
-            inserted += "\n"
+        whole_line = _inserts_whole_line(mode, rules, result.stop_reason, trimmed.text)
+        if whole_line:
+            trimmed = Trimmed(trimmed.text + "\n", trimmed.replace)
+        if tree is not None and trimmed.text:
+            trimmed = _without_new_errors(tree, offset, trimmed, whole_line)
         return Suggestion(
-            text=inserted,
+            text=trimmed.text,
             replace=trimmed.replace,
             mode=mode,
             stop_reason=result.stop_reason,
             metrics=Metrics(
+                context_tokens=repo.tokens,
                 prompt_tokens=result.prompt_tokens,
                 reused_tokens=result.reused_tokens,
                 generated_tokens=len(result.tokens),
@@ -140,6 +248,12 @@ class Engine:
                 total_ms=(time.perf_counter() - started) * 1000,
             ),
         )
+
+    def _repository_material(self, request: CompletionRequest) -> Material:
+        workspace = self.workspace
+        if workspace is None or not request.path:
+            return Material.empty()
+        return workspace.material(workspace.relative(request.path), request.text, request.offset)
 
     def forget(self, document: Document) -> None:
         """Drop what the engine holds for a closed document."""
@@ -160,6 +274,43 @@ class Engine:
             if evicted is not None:
                 evicted.kv = None
         return document.kv
+
+
+def _without_new_errors(
+    tree: Snapshot, offset: int, trimmed: Trimmed, whole_line: bool
+) -> Trimmed:
+    """Cut a suggestion back to what leaves the file with no new syntax errors."""
+    keep = tree.check_insertion(offset, offset + trimmed.replace, trimmed.text)
+    if keep >= len(trimmed.text):
+        return trimmed
+    # A shortened suggestion no longer ends where the auto-closed rest of the line did.
+    text = trimmed.text[:keep].rstrip()
+    return Trimmed(text + "\n" if whole_line and text else text, replace=0)
+
+
+def workspace_settings(config: ContextConfig) -> WorkspaceSettings:
+    from nextab.context.workspace import WorkspaceSettings
+
+    return WorkspaceSettings(**{f.name: getattr(config, f.name) for f in fields(WorkspaceSettings)})
+
+
+class _LockedScorer:
+    """The compressor's view of the model: one scoring call at a time, under the engine's lock."""
+
+    def __init__(self, scorer: BackendScorer, engine: Engine) -> None:
+        self._scorer = scorer
+        self._engine = engine
+
+    def count_tokens(self, text: str) -> int:
+        return self._scorer.count_tokens(text)  # the tokenizer is thread-safe and model-free
+
+    def nll_batch(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
+        with self._engine._lock:
+            return self._scorer.nll_batch(pairs)
+
+    def line_nll_batch(self, pairs: Sequence[tuple[str, str]]) -> list[list[float]]:
+        with self._engine._lock:
+            return self._scorer.line_nll_batch(pairs)
 
 
 def _requested_mode(requested: RequestedMode, multiline: str) -> RequestedMode:

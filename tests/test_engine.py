@@ -343,3 +343,24 @@ def test_block_completion_ending_with_eos_after_a_dedent(tiny_backend):
     assert s.mode == "block"
     assert s.stop_reason == "eos"
     assert s.text == "return sum(xs)"
+
+
+def test_block_cut_before_a_line_that_breaks_the_syntax(tiny_backend):
+    # file:///a.py has a tree-sitter grammar: the second line would leave an unclosed "(".
+    text = "def f(xs):\n    \n\nprint(f([1]))\n"
+    offset = text.index("    \n") + 4
+    script = "total = sum(xs)\n    return max(total,\nprint(2)\n"
+    s = complete_with(tiny_backend, script, text, offset)
+    assert s.mode == "block"
+    assert s.text == "total = sum(xs)"
+
+
+def test_plain_text_files_are_not_syntax_checked(tiny_backend):
+    text = "def f(xs):\n    \n\nprint(f([1]))\n"
+    offset = text.index("    \n") + 4
+    script = "total = sum(xs)\n    return max(total,\nprint(2)\n"
+    engine = Engine(CLASSIC, Scripted(tiny_backend, script))
+    doc = Document("file:///notes.txt", text)
+    s = engine.complete(CompletionRequest(document=doc, offset=offset, text=text))
+    assert doc.syntax is None
+    assert s.text == "total = sum(xs)\n    return max(total,"

@@ -1,0 +1,169 @@
+"""Repository material for a prompt: candidates gathered, ranked, cut to a budget, rendered.
+
+Candidates, in rank order: the definitions of names used near the cursor (from the workspace
+index, those in files the current file imports first), then code similar to the code at the
+cursor (BM25 over function-level chunks). The pool is cut to `pool_tokens`; a strategy brings it
+to `budget_tokens`: LongCodeZip compression with the model as scorer, BM25 rank alone, or rank
+order ("full"). The result is rendered as other files of the repository, most relevant last
+(nearest the cursor), and kept per place so that the prompt, and its KV cache, stay the same
+while the developer types there.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from nextab.context.compress import Chunk, Compressor, elision_line
+from nextab.context.similar import Passage, SimilarityIndex
+
+QUERY_LINES = 12  # lines before the cursor that say what the code there is about
+NAME_LINES = 40  # lines before the cursor whose names are looked up
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+@dataclass(frozen=True)
+class ContextPiece:
+    path: str
+    text: str  # one file's material: its kept chunks in file order, gaps elided
+
+
+@dataclass(frozen=True)
+class Material:
+    """What the repository contributes to one place's prompts."""
+
+    key: tuple[object, ...]  # the place and state it was made for
+    pieces: tuple[ContextPiece, ...]  # least relevant first
+    tokens: int
+    strategy: str
+    candidates: int
+    prepare_seconds: float
+
+    @staticmethod
+    def empty(key: tuple[object, ...] = (), strategy: str = "none") -> Material:
+        return Material(key, (), 0, strategy, 0, 0.0)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    chunk: Chunk
+    why: str  # "definition" | "similar"
+    bm25: float  # similarity to the query (0 when not retrieved by similarity)
+
+
+def query_text(text: str, offset: int, lines: int = QUERY_LINES) -> str:
+    """The last lines before the cursor: what a candidate must help predict."""
+    start = offset
+    for _ in range(lines):
+        start = text.rfind("\n", 0, max(0, start - 1))
+        if start < 0:
+            start = -1
+            break
+    return text[start + 1 : offset]
+
+
+def names_near(text: str, offset: int, lines: int = NAME_LINES) -> list[str]:
+    """Identifiers before the cursor, nearest first, each once."""
+    seen: dict[str, None] = {}
+    for name in reversed(_IDENTIFIER.findall(query_text(text, offset, lines))):
+        if len(name) > 1 and name not in seen:
+            seen[name] = None
+    return list(seen)
+
+
+def fill_pool(
+    candidates: Iterable[Candidate], limit: int, count: Callable[[str], int]
+) -> list[Candidate]:
+    """Candidates in rank order, each once, while they fit in `limit` tokens."""
+    pool: list[Candidate] = []
+    used = 0
+    seen: set[str] = set()
+    for candidate in candidates:
+        if candidate.chunk.key in seen:
+            continue
+        size = count(candidate.chunk.text)
+        if used + size > limit:
+            continue
+        seen.add(candidate.chunk.key)
+        pool.append(candidate)
+        used += size
+    return pool
+
+
+def by_bm25(
+    pool: Sequence[Candidate], query: str, budget: int, count: Callable[[str], int]
+) -> list[tuple[Chunk, str]]:
+    """The simple baseline: whole chunks by BM25 similarity to the query, within the budget."""
+    index = SimilarityIndex()
+    for i, candidate in enumerate(pool):
+        chunk = candidate.chunk
+        # Keyed by position so that equal texts from different files stay apart.
+        index.set_file(str(i), [Passage(str(i), chunk.start_line, chunk.start_line, chunk.text)])
+    hits = [int(hit.passage.path) for hit in index.search(query, limit=len(pool))]
+    ranked = [pool[i] for i in hits] + [c for i, c in enumerate(pool) if i not in set(hits)]
+    return [(c.chunk, c.chunk.text) for c in fill_pool(ranked, budget, count)]
+
+
+def render(kept: Sequence[tuple[Chunk, str]], rank: dict[str, int]) -> tuple[ContextPiece, ...]:
+    """One piece per file, chunks in file order with elided gaps; most relevant file last."""
+    by_path: dict[str, list[tuple[Chunk, str]]] = {}
+    for chunk, text in kept:
+        by_path.setdefault(chunk.path, []).append((chunk, text))
+    pieces = []
+    for path, items in by_path.items():
+        items.sort(key=lambda item: item[0].start_line)
+        parts: list[str] = []
+        line = 0
+        for chunk, text in items:
+            if chunk.start_line > line:
+                parts.append(elision_line(chunk.language, ""))
+            parts.append(text if text.endswith("\n") else text + "\n")
+            line = chunk.start_line + chunk.text.count("\n") + (0 if chunk.text.endswith("\n") else 1)
+        pieces.append((min(rank[c.key] for c, _ in items), ContextPiece(path, "".join(parts))))
+    pieces.sort(key=lambda item: -item[0])
+    return tuple(piece for _, piece in pieces)
+
+
+def select(
+    pool: Sequence[Candidate],
+    strategy: str,
+    query: str,
+    budget: int,
+    count: Callable[[str], int],
+    compressor: Compressor | None,
+    should_stop: Callable[[], bool] | None = None,
+) -> list[tuple[Chunk, str]]:
+    if strategy == "none" or budget <= 0 or not pool:
+        return []
+    if strategy == "full":
+        return [(c.chunk, c.chunk.text) for c in fill_pool(pool, budget, count)]
+    if strategy == "bm25" or compressor is None:
+        return by_bm25(pool, query, budget, count)
+    compressed = compressor.compress([c.chunk for c in pool], query, budget, should_stop)
+    return [(kept.chunk, kept.text) for kept in compressed.kept]
+
+
+def make_material(
+    key: tuple[object, ...],
+    pool: Sequence[Candidate],
+    strategy: str,
+    query: str,
+    budget: int,
+    count: Callable[[str], int],
+    compressor: Compressor | None,
+    should_stop: Callable[[], bool] | None = None,
+) -> Material:
+    started = time.perf_counter()
+    kept = select(pool, strategy, query, budget, count, compressor, should_stop)
+    rank = {c.chunk.key: i for i, c in enumerate(pool)}
+    pieces = render(kept, rank)
+    return Material(
+        key=key,
+        pieces=pieces,
+        tokens=sum(count(text) for _, text in kept),
+        strategy=strategy,
+        candidates=len(pool),
+        prepare_seconds=time.perf_counter() - started,
+    )
