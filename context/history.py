@@ -1,0 +1,576 @@
+"""The developer's recent edits: keystrokes coalesced into meaningful edits, kept per workspace.
+
+They feed completion prompts as unified diffs ("recent edits") and, later, next-edit
+prediction, which learns from the edit history where and what the next edit is. So an edit
+keeps what replaying it needs (its offset in the text before it, the old and the new text)
+and what a diff of it needs (its line and a few lines around it), captured while the text was
+at hand: by the time anyone renders it, the document has moved on.
+
+`record` runs on the server's event loop for every content change and `render` on the model
+thread, so both go through one lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+from difflib import SequenceMatcher
+from pathlib import Path, PurePosixPath
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import msgpack
+
+log = logging.getLogger(__name__)
+
+FORMAT = "nextab.edit-history"
+FORMAT_VERSION = 1
+
+LIMIT = 200  # closed edits kept per workspace
+PAUSE_SECONDS = 1.5  # a pause this long between keystrokes ends an edit
+CONTEXT_LINES = 3  # context lines on each side of a diff hunk, as `diff -u`
+CONTEXT_CHARS = 1000  # at most this much context text kept on each side
+MAX_EDIT_CHARS = 2000  # old or new text longer than this is truncated (a huge paste)
+MAX_FILE_BYTES = 1 << 20  # the saved history's size bound; the oldest edits go first
+
+
+@dataclass(frozen=True)
+class Edit:
+    """One meaningful edit: `text[start:start + old_length]` became `new`.
+
+    `head` runs from the first context line up to `start` and `tail` from the end of the old
+    text to the end of the last context line, both from the text before the edit, so that
+    `head + old + tail` and `head + new + tail` are whole lines of the file before and after.
+    When `truncated`, `old`/`new` were cut for size and the edit no longer replays;
+    `old_length`/`new_length` are the real lengths all the same. When `clipped`, a line of
+    the context was too long and was cut: the edit replays but its diff is not the file's.
+    """
+
+    uri: str
+    start: int
+    old: str
+    new: str
+    time: float  # wall clock (time.time()) of the edit's last keystroke
+    version: int  # the document's version after the edit
+    line: int  # 0-based line of `start`
+    head: str
+    tail: str
+    truncated: bool
+    clipped: bool
+    old_length: int
+    new_length: int
+
+    @property
+    def end(self) -> int:
+        """End of the replaced text, in the text before the edit."""
+        return self.start + self.old_length
+
+    @property
+    def first_line(self) -> int:
+        """0-based line where `head` starts."""
+        return self.line - self.head.count("\n")
+
+    def apply(self, text: str) -> str:
+        """Replay the edit on the text it was made on."""
+        if self.truncated:
+            raise ValueError("a truncated edit cannot be replayed")
+        if text[self.start : self.end] != self.old:
+            raise ValueError(f"text at {self.start} is not what the edit replaced")
+        return text[: self.start] + self.new + text[self.end :]
+
+
+class _Open:
+    """The edit being typed: keystrokes merge into it until something closes it."""
+
+    __slots__ = ("clipped", "head", "line", "new", "old", "start", "tail", "time", "uri", "version")
+
+    def __init__(self, uri: str, start: int, line: int, now: float, version: int) -> None:
+        self.uri = uri
+        self.start = start  # also its offset in the current text: text before it is unchanged
+        self.line = line
+        self.old = ""
+        self.new = ""
+        self.time = now
+        self.version = version
+        self.head = ""
+        self.tail = ""
+        self.clipped = False
+
+    def touches(self, start: int, end: int) -> bool:
+        """Whether a change of current text[start:end] is at or inside this edit."""
+        return start <= self.start + len(self.new) and end >= self.start
+
+    def merge(self, before: str, start: int, end: int, new: str) -> tuple[int, int]:
+        """Fold a touching change into the edit; returns its span in `before`."""
+        a, b = self.start, self.start + len(self.new)
+        lo, hi = min(a, start), max(b, end)
+        # Outside [a, b) the current text is still the original, so it extends `old` as is.
+        self.old = before[lo:a] + self.old + before[b:hi]
+        self.new = before[lo:start] + new + before[end:hi]
+        if lo < a:
+            self.line -= before.count("\n", lo, a)
+        self.start = lo
+        return lo, hi
+
+    def finish(self, max_chars: int) -> Edit | None:
+        start, old, new, head, tail = _trim_common(self.start, self.old, self.new, self.head, self.tail)
+        if old == new:
+            return None  # typed, then deleted again
+        line = self.line + head.count("\n", len(self.head))  # newlines moved out of `old`
+        old_cut, new_cut = _truncate(old, max_chars), _truncate(new, max_chars)
+        return Edit(
+            uri=self.uri,
+            start=start,
+            old=old_cut,
+            new=new_cut,
+            time=self.time,
+            version=self.version,
+            line=line,
+            head=head,
+            tail=tail,
+            truncated=old_cut is not old or new_cut is not new,
+            clipped=self.clipped,
+            old_length=len(old),
+            new_length=len(new),
+        )
+
+
+class EditHistory:
+    """The recent edits of one workspace, oldest first, and the one being typed."""
+
+    def __init__(
+        self,
+        *,
+        limit: int = LIMIT,
+        pause_seconds: float = PAUSE_SECONDS,
+        root: str | Path | None = None,
+        context_lines: int = CONTEXT_LINES,
+        context_chars: int = CONTEXT_CHARS,
+        max_edit_chars: int = MAX_EDIT_CHARS,
+        max_file_bytes: int = MAX_FILE_BYTES,
+        edits: Iterable[Edit] = (),
+    ) -> None:
+        self.pause_seconds = pause_seconds
+        self.root = PurePosixPath(Path(root).as_posix()) if root is not None else None
+        self.context_lines = context_lines
+        self.context_chars = context_chars
+        self.max_edit_chars = max_edit_chars
+        self.max_file_bytes = max_file_bytes
+        self._edits: deque[Edit] = deque(edits, maxlen=max(0, limit))
+        self._open: _Open | None = None
+        self._lock = threading.Lock()
+        self._changes = 0  # closed edits so far; `unsaved` compares it with the last save
+        self._saved = 0
+
+    # -- recording ----------------------------------------------------------------------------
+
+    def record(
+        self,
+        uri: str,
+        before_text: str,
+        start: int,
+        end: int,
+        new_text: str,
+        version: int,
+        now: float | None = None,
+    ) -> None:
+        """One content change: `before_text[start:end]` became `new_text`.
+
+        A full-document replacement (start 0, end len(before_text)) is fine: the unchanged
+        ends are trimmed off first, so it records what really changed.
+        """
+        now = time.time() if now is None else now
+        start = max(0, min(start, len(before_text)))
+        end = max(start, min(end, len(before_text)))
+        start, end, new_text = _trim_change(before_text, start, end, new_text)
+        if start == end and not new_text:
+            return
+        with self._lock:
+            self._record(uri, before_text, start, end, new_text, version, now)
+
+    def _record(
+        self, uri: str, before: str, start: int, end: int, new: str, version: int, now: float
+    ) -> None:
+        edit = self._open
+        if edit is not None and not (
+            edit.uri == uri and now - edit.time <= self.pause_seconds and edit.touches(start, end)
+        ):
+            self._close()
+            edit = None
+        if edit is None:
+            edit = self._open = _Open(uri, start, before.count("\n", 0, start), now, version)
+        lo, hi = edit.merge(before, start, end, new)
+        edit.time, edit.version = now, version
+        # The text outside [lo, hi) is the same before and after this change and the whole
+        # edit, so the context read here is what the diff needs however the edit grows.
+        edit.head, head_clipped = _head(before, lo, self.context_lines, self.context_chars)
+        edit.tail, tail_clipped = _tail(before, hi, self.context_lines, self.context_chars)
+        edit.clipped = head_clipped or tail_clipped
+        if "\n" in new:
+            self._close()  # a new line ends the thought; the next keystroke starts another edit
+
+    def close_open_edits(self) -> None:
+        """End the edit being typed (the document closed, the history is about to be read)."""
+        with self._lock:
+            self._close()
+
+    flush = close_open_edits
+
+    def _close(self) -> None:
+        if self._open is None:
+            return
+        edit = self._open.finish(self.max_edit_chars)
+        self._open = None
+        if edit is not None:
+            self._edits.append(edit)
+            self._changes += 1
+
+    def _expire(self, now: float) -> None:
+        if self._open is not None and now - self._open.time > self.pause_seconds:
+            self._close()
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def edits(
+        self, uri: str | None = None, *, include_open: bool = False, now: float | None = None
+    ) -> list[Edit]:
+        """Closed edits, oldest first (an edit paused past the threshold counts as closed)."""
+        now = time.time() if now is None else now
+        with self._lock:
+            self._expire(now)
+            found = list(self._edits)
+            if include_open and self._open is not None:
+                current = self._open.finish(self.max_edit_chars)
+                if current is not None:
+                    found.append(current)
+        return [e for e in found if uri is None or e.uri == uri]
+
+    def render(
+        self,
+        max_chars: int,
+        uri: str | None = None,
+        *,
+        include_open: bool = False,
+        now: float | None = None,
+    ) -> str:
+        """The newest edits that fit in `max_chars` as unified diffs, the most recent last.
+
+        Stops at the first edit that does not fit rather than skipping it, so what is shown is
+        always an unbroken stretch of the latest history.
+        """
+        parts: list[str] = []
+        used = 0
+        for edit in reversed(self.edits(uri, include_open=include_open, now=now)):
+            text = self.diff(edit)
+            if used + len(text) > max_chars:
+                break
+            parts.append(text)
+            used += len(text)
+        return "".join(reversed(parts))
+
+    def diff(self, edit: Edit) -> str:
+        """One edit as a unified diff, line numbers those of the file before the edit."""
+        path = self.display_path(edit.uri)
+        old_name, new_name = (f"a/{path}", f"b/{path}") if not path.startswith("/") else (path, path)
+        hunks = _hunks(edit, self.context_lines)
+        return f"--- {old_name}\n+++ {new_name}\n{hunks}" if hunks else ""
+
+    def display_path(self, uri: str) -> str:
+        """The uri as a workspace-relative path when it lies under the root."""
+        parts = urlsplit(uri)
+        if parts.scheme not in ("", "file"):
+            return uri  # untitled:, vscode-notebook-cell: ... have no path to show
+        path = PurePosixPath(unquote(parts.path))
+        if self.root is not None:
+            try:
+                return path.relative_to(self.root).as_posix()
+            except ValueError:
+                pass
+        return path.as_posix()
+
+    @property
+    def unsaved(self) -> bool:
+        """Whether edits closed since the last save (a timer can skip saving when not)."""
+        return self._changes != self._saved
+
+    # -- persistence --------------------------------------------------------------------------
+
+    def save(self, path: str | Path) -> bool:
+        """Write the history (the edit being typed included) atomically; False on failure.
+
+        The newest edits that fit in `max_file_bytes` are kept. Costs a msgpack of at most
+        `limit` small records and one file write.
+        """
+        with self._lock:
+            edits = list(self._edits)
+            if self._open is not None:
+                current = self._open.finish(self.max_edit_chars)
+                if current is not None:
+                    edits.append(current)
+            changes = self._changes
+        data = _pack(edits, self.max_file_bytes)
+        path = Path(path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            try:
+                with os.fdopen(fd, "wb") as out:
+                    out.write(data)
+                os.replace(temp, path)
+            except BaseException:
+                os.unlink(temp)
+                raise
+        except OSError as error:
+            log.warning("could not save the edit history to %s: %s", path, error)
+            return False
+        self._saved = changes
+        return True
+
+    @classmethod
+    def load(cls, path: str | Path | None, **settings: Any) -> EditHistory:
+        """A history with the edits saved at `path`; empty when there are none to trust.
+
+        `settings` are the constructor's keywords. A missing, unreadable, truncated or
+        corrupt file, or one from another format version, starts an empty history.
+        """
+        edits: list[Edit] = []
+        if path is not None:
+            edits = _read(Path(path))
+        return cls(edits=edits, **settings)
+
+
+# -- changes -----------------------------------------------------------------------------------
+
+
+def _common_prefix(a: str, b: str) -> int:
+    """Length of the common prefix, by halving slices so huge texts compare at C speed."""
+    lo, hi = 0, min(len(a), len(b))
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a[lo:mid] == b[lo:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def _common_suffix(a: str, b: str, limit: int) -> int:
+    lo, hi = 0, min(len(a), len(b), limit)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a[len(a) - mid : len(a) - lo] == b[len(b) - mid : len(b) - lo]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def _trim_change(before: str, start: int, end: int, new: str) -> tuple[int, int, str]:
+    """Narrow a change to what it really changes (clients may resend whole lines or files)."""
+    old = before[start:end]
+    if not old or not new:
+        return start, end, new
+    p = _common_prefix(old, new)
+    s = _common_suffix(old, new, min(len(old), len(new)) - p)
+    return start + p, end - s, new[p : len(new) - s]
+
+
+def _trim_common(
+    start: int, old: str, new: str, head: str, tail: str
+) -> tuple[int, str, str, str, str]:
+    """Move text both sides of an edit share into its context (backspaced and retyped)."""
+    p = _common_prefix(old, new)
+    s = _common_suffix(old, new, min(len(old), len(new)) - p)
+    if not p and not s:
+        return start, old, new, head, tail
+    return (
+        start + p,
+        old[p : len(old) - s],
+        new[p : len(new) - s],
+        head + old[:p],
+        old[len(old) - s :] + tail,
+    )
+
+
+def _truncate(text: str, max_chars: int) -> str:
+    if len(text) <= max_chars:
+        return text
+    keep = max_chars // 2
+    return f"{text[:keep]}\n[... nextab: {len(text) - 2 * keep} characters truncated ...]\n{text[-keep:]}"
+
+
+# -- context -----------------------------------------------------------------------------------
+
+
+def _head(text: str, pos: int, lines: int, cap: int) -> tuple[str, bool]:
+    """From the start of the line `lines` lines above `pos` up to `pos`; clipped if too long."""
+    begin = text.rfind("\n", 0, pos) + 1
+    for _ in range(lines):
+        if begin == 0:
+            break
+        begin = text.rfind("\n", 0, begin - 1) + 1
+    head = text[begin:pos]
+    if len(head) <= cap:
+        return head, False
+    # Drop whole context lines from the top; only the edit's own line may be cut.
+    cut = head.find("\n", len(head) - cap - 1) + 1
+    if cut == 0:
+        return head[len(head) - cap :], True
+    return head[cut:], False
+
+
+def _tail(text: str, pos: int, lines: int, cap: int) -> tuple[str, bool]:
+    """From `pos` to the end of the line `lines` lines below it (or the end of the text)."""
+    end = pos
+    for _ in range(lines + 1):
+        newline = text.find("\n", end)
+        if newline < 0:
+            end = len(text)
+            break
+        end = newline + 1
+    tail = text[pos:end]
+    if len(tail) <= cap:
+        return tail, False
+    cut = tail.rfind("\n", 0, cap) + 1
+    if cut == 0:
+        return tail[:cap], True
+    return tail[:cut], False
+
+
+# -- diffs -------------------------------------------------------------------------------------
+
+
+def _lines(text: str) -> list[str]:
+    """Lines with their "\\n" (not str.splitlines, which also splits at \\f, \\x1c, U+2028...)."""
+    parts = text.split("\n")
+    lines = [p + "\n" for p in parts[:-1]]
+    if parts[-1]:
+        lines.append(parts[-1])
+    return lines
+
+
+def _range(start: int, count: int) -> str:
+    """A hunk range as `diff -u` writes it, from a 0-based start."""
+    if count == 1:
+        return str(start + 1)
+    return f"{start if count == 0 else start + 1},{count}"
+
+
+def _hunk_line(sign: str, line: str, clipped: bool) -> str:
+    if line.endswith("\n"):
+        return sign + line
+    if clipped:
+        return f"{sign}{line}\n"  # cut short for size, not the end of the file
+    return f"{sign}{line}\n\\ No newline at end of file\n"
+
+
+def _hunks(edit: Edit, context: int) -> str:
+    a = _lines(edit.head + edit.old + edit.tail)
+    b = _lines(edit.head + edit.new + edit.tail)
+    first = edit.first_line
+    out: list[str] = []
+    matcher = SequenceMatcher(None, a, b, autojunk=False)
+    for group in matcher.get_grouped_opcodes(context):
+        if all(tag == "equal" for tag, *_ in group):
+            continue
+        i1, i2, j1, j2 = group[0][1], group[-1][2], group[0][3], group[-1][4]
+        out.append(f"@@ -{_range(first + i1, i2 - i1)} +{_range(first + j1, j2 - j1)} @@\n")
+        for tag, ai, aj, bi, bj in group:
+            if tag == "equal":
+                out.extend(_hunk_line(" ", line, edit.clipped) for line in a[ai:aj])
+                continue
+            out.extend(_hunk_line("-", line, edit.clipped) for line in a[ai:aj])
+            out.extend(_hunk_line("+", line, edit.clipped) for line in b[bi:bj])
+    return "".join(out)
+
+
+# -- storage -----------------------------------------------------------------------------------
+
+_FIELDS = (
+    ("uri", str),
+    ("start", int),
+    ("old", str),
+    ("new", str),
+    ("time", float),
+    ("version", int),
+    ("line", int),
+    ("head", str),
+    ("tail", str),
+    ("truncated", bool),
+    ("clipped", bool),
+    ("old_length", int),
+    ("new_length", int),
+)
+
+
+def _pack(edits: list[Edit], max_bytes: int) -> bytes:
+    records = [msgpack.packb([getattr(e, name) for name, _ in _FIELDS]) for e in edits]
+    header = msgpack.Packer()
+    preamble = (
+        header.pack_map_header(3)
+        + header.pack("format")
+        + header.pack(FORMAT)
+        + header.pack("version")
+        + header.pack(FORMAT_VERSION)
+        + header.pack("edits")
+    )
+    budget = max_bytes - len(preamble) - 5  # 5: the largest array header
+    kept = 0
+    for record in reversed(records):
+        if len(record) > budget:
+            break
+        budget -= len(record)
+        kept += 1
+    kept_records = records[len(records) - kept :]
+    return preamble + header.pack_array_header(kept) + b"".join(kept_records)
+
+
+def _read(path: Path) -> list[Edit]:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return []
+    except OSError as error:
+        log.warning("could not read the edit history %s: %s; starting afresh", path, error)
+        return []
+    try:
+        content = msgpack.unpackb(data, raw=False, strict_map_key=True)
+    except Exception as error:  # msgpack raises several unrelated types for bad input
+        log.warning("edit history %s is corrupt (%s); starting afresh", path, error)
+        return []
+    if not isinstance(content, dict) or content.get("format") != FORMAT:
+        log.warning("%s is not an edit history; starting afresh", path)
+        return []
+    if content.get("version") != FORMAT_VERSION:
+        log.info(
+            "edit history %s has format version %r, not %d; starting afresh",
+            path,
+            content.get("version"),
+            FORMAT_VERSION,
+        )
+        return []
+    try:
+        return [_edit(record) for record in content["edits"]]
+    except (KeyError, TypeError, ValueError) as error:
+        log.warning("edit history %s has a bad record (%s); starting afresh", path, error)
+        return []
+
+
+def _edit(record: Any) -> Edit:
+    if not isinstance(record, list) or len(record) != len(_FIELDS):
+        raise ValueError("record of the wrong shape")
+    values: dict[str, Any] = {}
+    for (name, kind), value in zip(_FIELDS, record, strict=True):
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise TypeError(f"{name} is {type(value).__name__}, not {kind.__name__}")
+        values[name] = value
+    return Edit(**values)
+
