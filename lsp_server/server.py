@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lsprotocol import types
 from pygls.exceptions import JsonRpcInvalidParams
@@ -23,9 +24,14 @@ from nextab.context.document import Document, Position, PositionError, Range
 from nextab.engine import CompletionRequest, Engine, Suggestion
 from nextab.models.decoding import Cancelled, CancelToken
 
+if TYPE_CHECKING:
+    from nextab.context.workspace import Workspace
+
 log = logging.getLogger(__name__)
 
 EngineFactory = Callable[[Config], Engine]
+
+_REINDEX_DELAY_S = 0.75
 
 # Settings that need the model reloaded when they change.
 _MODEL_KEYS = ("model", "device", "dtype")
@@ -40,6 +46,9 @@ class NextabServer(LanguageServer):
         self.model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nextab-model")
         self.engine_future: asyncio.Future[Engine] | None = None
         self.config_messages: list[str] = []
+        self.workspace_root: str | None = None
+        self._index_pending: dict[str, asyncio.TimerHandle] = {}
+        self._opening: asyncio.Future[None] | None = None
 
     def start_engine(self) -> None:
         """Load the model in the background; requests wait for it instead of failing."""
@@ -58,13 +67,65 @@ class NextabServer(LanguageServer):
                 types.ShowMessageParams(type=types.MessageType.Error, message=f"nextab: {error}")
             )
             return
-        info = future.result().backend.info
+        engine = future.result()
+        info = engine.backend.info
         self.window_log_message(
             types.LogMessageParams(
                 type=types.MessageType.Info,
                 message=f"nextab: {info.name} ready on {info.device} ({info.dtype})",
             )
         )
+        if self.workspace_root is not None and self.config.context.index:
+            self._opening = asyncio.ensure_future(self.open_workspace(engine, self.workspace_root))
+
+    async def open_workspace(self, engine: Engine, root: str) -> None:
+        """Index the workspace in the background, reporting progress; requests go on meanwhile."""
+        loop = asyncio.get_running_loop()
+        token = f"nextab-index-{id(engine)}"
+        progress = _Progress(self, token, loop)
+        try:
+            await self.work_done_progress.create_async(token)
+            progress.supported = True
+        except Exception:  # the client does not do server-initiated progress: index silently
+            log.info("client declined work-done progress; indexing without reports")
+        try:
+            workspace = await loop.run_in_executor(
+                self.model_thread, lambda: engine.open_workspace(root, progress=progress)
+            )
+        except Exception as error:
+            log.exception("could not open workspace %s", root)
+            self.window_show_message(
+                types.ShowMessageParams(
+                    type=types.MessageType.Warning,
+                    message=f"nextab: no repository context for {root}: {error}",
+                )
+            )
+            return
+        for doc in self.documents.values():
+            workspace.open_document(workspace.relative(doc.uri), doc.text)
+
+    def workspace(self) -> Workspace | None:
+        future = self.engine_future
+        if future is None or not future.done() or future.cancelled() or future.exception():
+            return None
+        return future.result().workspace
+
+    def schedule_reindex(self, doc: Document) -> None:
+        """The index follows an open buffer after typing pauses, not on every keystroke."""
+        workspace = self.workspace()
+        if workspace is None:
+            return
+        pending = self._index_pending.pop(doc.uri, None)
+        if pending is not None:
+            pending.cancel()
+        loop = asyncio.get_running_loop()
+
+        def update() -> None:
+            self._index_pending.pop(doc.uri, None)
+            if self.documents.get(doc.uri) is doc:
+                workspace.open_document(workspace.relative(doc.uri), doc.text)
+
+        self._index_pending[doc.uri] = loop.call_later(_REINDEX_DELAY_S, update)
 
     async def engine(self) -> Engine | None:
         if self.engine_future is None:
@@ -142,6 +203,57 @@ class NextabServer(LanguageServer):
         return doc, offset, suggestion
 
 
+class _Progress:
+    """Index progress from the indexing thread to `$/progress`, at most a few reports a second."""
+
+    def __init__(self, ls: NextabServer, token: str, loop: asyncio.AbstractEventLoop) -> None:
+        self.ls = ls
+        self.token = token
+        self.loop = loop
+        self.supported = False
+        self.began = False
+        self.last = 0.0
+
+    def __call__(self, done: int, total: int, message: str) -> None:
+        if not self.supported:
+            return
+        now = time.monotonic()
+        finished = total > 0 and done >= total
+        if self.began and not finished and now - self.last < 0.25:
+            return
+        self.last = now
+        self.loop.call_soon_threadsafe(self._send, done, total, message, finished)
+
+    def _send(self, done: int, total: int, message: str, finished: bool) -> None:
+        percentage = int(100 * done / total) if total else 0
+        text = f"{done}/{total} files" + (f": {message}" if message else "")
+        if not self.began:
+            self.began = True
+            self.ls.work_done_progress.begin(
+                self.token,
+                types.WorkDoneProgressBegin(
+                    title="nextab: indexing", message=text, percentage=percentage
+                ),
+            )
+        if finished:
+            self.ls.work_done_progress.end(
+                self.token, types.WorkDoneProgressEnd(message=f"{total} files indexed")
+            )
+            self.supported = False
+        else:
+            self.ls.work_done_progress.report(
+                self.token, types.WorkDoneProgressReport(message=text, percentage=percentage)
+            )
+
+
+def _workspace_root(params: types.InitializeParams) -> str | None:
+    if params.workspace_folders:
+        return _display_path(params.workspace_folders[0].uri)
+    if params.root_uri:
+        return _display_path(params.root_uri)
+    return params.root_path or None
+
+
 def _display_path(uri: str) -> str:
     return uri.removeprefix("file://")
 
@@ -161,6 +273,7 @@ def create_server(config: Config, engine_factory: EngineFactory = Engine.load) -
     @server.feature(types.INITIALIZE)
     def initialize(ls: NextabServer, params: types.InitializeParams) -> None:
         ls.config, ls.config_messages = load(params.initialization_options, base=ls.config)
+        ls.workspace_root = _workspace_root(params)
 
     @server.feature(types.INITIALIZED)
     def initialized(ls: NextabServer, params: types.InitializedParams) -> None:
@@ -173,9 +286,11 @@ def create_server(config: Config, engine_factory: EngineFactory = Engine.load) -
     @server.feature(types.TEXT_DOCUMENT_DID_OPEN)
     def did_open(ls: NextabServer, params: types.DidOpenTextDocumentParams) -> None:
         item = params.text_document
-        ls.documents[item.uri] = Document(
-            item.uri, item.text, item.language_id, item.version, encoding=_encoding(ls)
-        )
+        doc = Document(item.uri, item.text, item.language_id, item.version, encoding=_encoding(ls))
+        ls.documents[item.uri] = doc
+        workspace = ls.workspace()
+        if workspace is not None:
+            workspace.open_document(workspace.relative(item.uri), item.text)
 
     @server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
     def did_change(ls: NextabServer, params: types.DidChangeTextDocumentParams) -> None:
@@ -183,19 +298,26 @@ def create_server(config: Config, engine_factory: EngineFactory = Engine.load) -
         if doc is None:
             log.warning("didChange for %s, which is not open: ignored", params.text_document.uri)
             return
+        workspace = ls.workspace()
+        version = params.text_document.version
         for change in params.content_changes:
+            before = doc.text
             if isinstance(change, types.TextDocumentContentChangePartial):
                 r = change.range
-                doc.apply_change(
-                    change.text,
-                    Range(
-                        Position(r.start.line, r.start.character),
-                        Position(r.end.line, r.end.character),
-                    ),
+                at = Range(
+                    Position(r.start.line, r.start.character),
+                    Position(r.end.line, r.end.character),
                 )
+                start = doc.offset_at(at.start, clamp=True)
+                end = max(start, doc.offset_at(at.end, clamp=True))
+                doc.apply_change(change.text, at)
             else:
+                start, end = 0, len(before)
                 doc.apply_change(change.text)
-        doc.version = params.text_document.version
+            if workspace is not None:
+                workspace.history.record(doc.uri, before, start, end, change.text, version)
+        doc.version = version
+        ls.schedule_reindex(doc)
         if doc.inflight is not None:
             doc.inflight.cancel()  # its answer would be for text that no longer exists
 
@@ -206,6 +328,10 @@ def create_server(config: Config, engine_factory: EngineFactory = Engine.load) -
             return
         if doc.inflight is not None:
             doc.inflight.cancel()
+        workspace = ls.workspace()
+        if workspace is not None:
+            workspace.history.close_open_edits()
+            workspace.close_document(workspace.relative(doc.uri))
         if ls.engine_future is not None and ls.engine_future.done() and not ls.engine_future.exception():
             ls.model_thread.submit(ls.engine_future.result().forget, doc)
 
@@ -259,6 +385,10 @@ def create_server(config: Config, engine_factory: EngineFactory = Engine.load) -
         for doc in ls.documents.values():
             if doc.inflight is not None:
                 doc.inflight.cancel()
+        workspace = ls.workspace()
+        if workspace is not None:
+            # Saves the edit history and index; the watcher thread must not outlive the server.
+            ls.engine_future.result().close_workspace()  # type: ignore[union-attr]
         ls.model_thread.shutdown(wait=False, cancel_futures=True)
 
     return server

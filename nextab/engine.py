@@ -7,6 +7,7 @@ event loop.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
@@ -15,7 +16,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from nextab.config import Config, ContextConfig
 from nextab.context.compress import CompressionCancelled
@@ -120,12 +121,19 @@ class Engine:
         self,
         root: str | Path,
         *,
-        store_dir: Path | None = None,
+        store_dir: Path | Literal["default"] | None = "default",
         progress: ProgressFn | None = None,
         start: bool = True,
     ) -> Workspace:
-        """Serve completions with `root`'s repository context (one workspace per engine)."""
+        """Serve completions with `root`'s repository context (one workspace per engine).
+
+        The index and edit history persist under `store_dir`, by default a folder of the user
+        cache named after the workspace's path; None keeps them in memory only.
+        """
         from nextab.context.workspace import Workspace
+
+        if store_dir == "default":
+            store_dir = workspace_store(root)
 
         self.close_workspace()
         scorer = _LockedScorer(BackendScorer(self.backend), self)
@@ -163,6 +171,8 @@ class Engine:
             self._wake.wait(timeout=1.0)
             self._wake.clear()
             workspace = self.workspace
+            if workspace is not None:
+                workspace.save_if_due()
             while workspace is not None and not self._closing and not self._waiting:
                 try:
                     if not workspace.prepare_pending(should_stop=self._should_yield):
@@ -286,6 +296,14 @@ def _without_new_errors(
     # A shortened suggestion no longer ends where the auto-closed rest of the line did.
     text = trimmed.text[:keep].rstrip()
     return Trimmed(text + "\n" if whole_line and text else text, replace=0)
+
+
+def workspace_store(root: str | Path) -> Path:
+    from nextab.models.resolve import cache_dir
+
+    resolved = str(Path(root).resolve())
+    digest = hashlib.sha256(resolved.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return cache_dir() / "workspaces" / f"{Path(resolved).name or 'root'}-{digest}"
 
 
 def workspace_settings(config: ContextConfig) -> WorkspaceSettings:

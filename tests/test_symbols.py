@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import keyword
 import textwrap
 
 from hypothesis import given, settings
@@ -536,8 +537,14 @@ def test_offsets_are_string_indices_with_non_ascii_text() -> None:
         alphabet=st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters="\\"),
         max_size=30,
     ),
-    names=st.lists(st.from_regex(r"[a-z_][a-z0-9_]{0,8}", fullmatch=True), min_size=1,
-                   max_size=5, unique=True),
+    names=st.lists(
+        st.from_regex(r"[a-z_][a-z0-9_]{0,8}", fullmatch=True).filter(
+            lambda name: not keyword.iskeyword(name) and not keyword.issoftkeyword(name)
+        ),
+        min_size=1,
+        max_size=5,
+        unique=True,
+    ),
 )
 def test_offsets_slice_the_definition_whatever_comes_before(prefix: str, names: list[str]) -> None:
     # A comment of arbitrary text (any width in UTF-8) must not shift string offsets.

@@ -1,0 +1,263 @@
+"""One workspace's context: its index, similar-code search, edit history and prepared material.
+
+The engine asks `material()` on every request; it answers from what is already prepared, never
+running the model, so the keystroke path stays lean. Preparing (retrieval, and compression with
+the model as scorer) happens in `prepare()`, which the engine runs in the background when the
+cursor reaches a new place, or directly where latency does not matter (benchmarks, batch).
+While the cursor stays in one place the material does not change, so the prompt's prefix, and
+its KV cache, survive the keystrokes there.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from nextab.context.compress import Chunk, Compressor, Scorer, split_functions
+from nextab.context.history import EditHistory
+from nextab.context.index import WorkspaceIndex
+from nextab.context.repository import (
+    Candidate,
+    ContextPiece,
+    Material,
+    fill_pool,
+    make_material,
+    names_near,
+    query_text,
+)
+from nextab.context.similar import Passage, SimilarityIndex
+
+log = logging.getLogger(__name__)
+
+PLACE_LINES = 32  # the cursor's place: its file and this many lines around it
+SAVE_INTERVAL_S = 30.0
+# Shown to the model as one more file of the repository, right before the current one.
+RECENT_EDITS_PATH = "recent_edits.diff"
+
+
+@dataclass(frozen=True)
+class WorkspaceSettings:
+    strategy: str = "longcodezip"
+    pool_tokens: int = 4096
+    budget_tokens: int = 1024
+    recent_edits_chars: int = 1200
+    index: bool = True
+    watch: bool = True
+    max_files: int = 20_000
+    max_file_bytes: int = 1_000_000
+    history_edits: int = 200
+    edit_pause_ms: int = 1500
+
+
+ProgressFn = Callable[[int, int, str], None]
+
+
+class Workspace:
+    def __init__(
+        self,
+        root: str | Path,
+        settings: WorkspaceSettings,
+        *,
+        scorer: Scorer | None = None,
+        count_tokens: Callable[[str], int] | None = None,
+        store_dir: Path | None = None,
+        progress: ProgressFn | None = None,
+    ) -> None:
+        self.root = Path(root).resolve()
+        self.settings = settings
+        self.count_tokens = count_tokens or _approximate_tokens
+        self.compressor = Compressor(scorer) if scorer is not None else None
+        self.similar = SimilarityIndex()
+        self.store_dir = store_dir
+        self.index = WorkspaceIndex(
+            self.root,
+            store_path=store_dir / "index.msgpack" if store_dir else None,
+            max_files=settings.max_files,
+            max_file_bytes=settings.max_file_bytes,
+            progress=progress,
+            on_change=self._file_changed,
+        )
+        self.history = EditHistory.load(
+            store_dir / "history.msgpack" if store_dir else None,
+            limit=settings.history_edits,
+            pause_seconds=settings.edit_pause_ms / 1000,
+            root=self.root,
+        )
+        self._chunks: dict[str, list[Chunk]] = {}
+        self._lock = threading.Lock()
+        self._ready: dict[str, Material] = {}
+        self._wanted: dict[str, tuple[tuple[object, ...], str, int]] = {}
+        self._generation = 0
+        self._watcher = None
+        self._saved_at = time.monotonic()
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self.settings.index:
+            self.index.start()
+        if self.settings.watch and self.settings.index:
+            from nextab.context.watch import WorkspaceWatcher
+
+            self._watcher = WorkspaceWatcher(self.index)
+            self._watcher.start()
+
+    def stop(self) -> None:
+        if self._watcher is not None:
+            self._watcher.stop()
+        self.index.stop()
+        self.save()
+
+    def save(self) -> None:
+        if self.store_dir is not None:
+            self.history.save(self.store_dir / "history.msgpack")
+
+    # -- documents ----------------------------------------------------------------------------
+
+    def relative(self, path_or_uri: str) -> str:
+        path = Path(path_or_uri.removeprefix("file://"))
+        try:
+            return path.resolve().relative_to(self.root).as_posix()
+        except ValueError:
+            return path.as_posix()
+
+    def open_document(self, path: str, text: str) -> None:
+        self.index.update_text(path, text)
+
+    def close_document(self, path: str) -> None:
+        self.index.close_text(path)
+
+    def _file_changed(self, path: str, text: str | None, language: str | None) -> None:
+        chunks = split_functions(path, text, language) if text is not None else []
+        with self._lock:
+            self._chunks[path] = chunks
+            self._generation += 1
+        self.similar.set_file(
+            path,
+            [Passage(path, c.start_line, c.start_line + c.text.count("\n") + 1, c.text)
+             for c in chunks],
+        )
+        if self.compressor is not None:
+            self.compressor.invalidate(path)
+
+    # -- material -----------------------------------------------------------------------------
+
+    def place_key(self, path: str, text: str, offset: int) -> tuple[object, ...]:
+        line = text.count("\n", 0, offset)
+        return (path, line // PLACE_LINES, self.settings.strategy, self.settings.budget_tokens,
+                self.settings.pool_tokens)
+
+    def material(self, path: str, text: str, offset: int) -> Material:
+        """What is prepared for this place, or the last material of the file while the new one
+        is prepared in the background (stable prompts), or nothing yet."""
+        if self.settings.strategy == "none":
+            return Material.empty()
+        key = self.place_key(path, text, offset)
+        with self._lock:
+            ready = self._ready.get(path)
+            if ready is not None and ready.key == key:
+                return ready
+            self._wanted[path] = (key, text, offset)
+        if self.settings.strategy in ("full", "bm25"):
+            # No model involved: cheap enough to do right here.
+            return self.prepare(path, text, offset)
+        return ready or Material.empty(key, self.settings.strategy)
+
+    def pending(self) -> bool:
+        with self._lock:
+            return bool(self._wanted)
+
+    def prepare_pending(self, should_stop: Callable[[], bool] | None = None) -> bool:
+        """Prepare one wanted place; False when nothing was waiting."""
+        with self._lock:
+            if not self._wanted:
+                return False
+            path, (_key, text, offset) = next(iter(self._wanted.items()))
+        self.prepare(path, text, offset, should_stop)
+        return True
+
+    def prepare(
+        self, path: str, text: str, offset: int, should_stop: Callable[[], bool] | None = None
+    ) -> Material:
+        key = self.place_key(path, text, offset)
+        query = query_text(text, offset)
+        pool = self.candidates(path, text, offset)
+        material = make_material(
+            key, pool, self.settings.strategy, query, self.settings.budget_tokens,
+            self.count_tokens, self.compressor, should_stop,
+        )
+        material = self._with_recent_edits(material)
+        with self._lock:
+            self._ready[path] = material
+            if self._wanted.get(path, (None,))[0] == key:
+                del self._wanted[path]
+        return material
+
+    def _with_recent_edits(self, material: Material) -> Material:
+        # Only closed edits: the one being typed is at the cursor, and leaving it out keeps
+        # this text, and so the prompt's prefix, unchanged while the developer types.
+        budget = self.settings.recent_edits_chars
+        diffs = self.history.render(budget) if budget > 0 else ""
+        if not diffs:
+            return material
+        piece = ContextPiece(RECENT_EDITS_PATH, diffs)
+        return replace(
+            material,
+            pieces=(*material.pieces, piece),
+            tokens=material.tokens + self.count_tokens(diffs),
+        )
+
+    def save_if_due(self, now: float | None = None) -> None:
+        """Persist the edit history every SAVE_INTERVAL_S while it has unsaved edits."""
+        now = time.monotonic() if now is None else now
+        if self.history.unsaved and now - self._saved_at >= SAVE_INTERVAL_S:
+            self._saved_at = now
+            self.save()
+
+    def candidates(self, path: str, text: str, offset: int) -> list[Candidate]:
+        """The pool: definitions of names near the cursor, then similar code, in rank order."""
+        ranked = [*self._definitions(path, text, offset), *self._similar(path, text, offset)]
+        return fill_pool(ranked, self.settings.pool_tokens, self.count_tokens)
+
+    def _definitions(self, path: str, text: str, offset: int) -> list[Candidate]:
+        imported = set(self.index.resolve_imports(path))
+        found: list[tuple[int, int, Candidate]] = []
+        for distance, name in enumerate(names_near(text, offset)):
+            for definition in self.index.definitions_named(name):
+                if definition.path == path:
+                    continue
+                chunk = self._chunk_at(definition.path, definition.start_line)
+                if chunk is not None:
+                    preference = 0 if definition.path in imported else 1
+                    found.append((preference, distance, Candidate(chunk, "definition", 0.0)))
+        found.sort(key=lambda item: (item[0], item[1]))
+        return [candidate for _, _, candidate in found]
+
+    def _similar(self, path: str, text: str, offset: int) -> list[Candidate]:
+        hits = self.similar.search(query_text(text, offset), limit=32, exclude=[path])
+        result = []
+        for hit in hits:
+            chunk = self._chunk_at(hit.passage.path, hit.passage.start_line)
+            if chunk is not None:
+                result.append(Candidate(chunk, "similar", hit.score))
+        return result
+
+    def _chunk_at(self, path: str, line: int) -> Chunk | None:
+        with self._lock:
+            chunks = self._chunks.get(path)
+        if chunks is None:
+            return None
+        for chunk in chunks:
+            end = chunk.start_line + chunk.text.count("\n") + 1
+            if chunk.start_line <= line < end:
+                return chunk
+        return None
+
+
+def _approximate_tokens(text: str) -> int:
+    # About 3.5 characters per token for code under BPE vocabularies.
+    return max(1, len(text) * 2 // 7) if text else 0
