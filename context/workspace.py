@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from urllib.parse import unquote
 
 from nextab.context.compress import Chunk, Compressor, Scorer, split_functions
 from nextab.context.history import EditHistory
@@ -119,7 +120,10 @@ class Workspace:
     # -- documents ----------------------------------------------------------------------------
 
     def relative(self, path_or_uri: str) -> str:
-        path = Path(path_or_uri.removeprefix("file://"))
+        """A workspace-relative path for a URI or path; relative paths already are one."""
+        path = Path(unquote(path_or_uri.removeprefix("file://")))
+        if not path.is_absolute():
+            return path.as_posix()
         try:
             return path.resolve().relative_to(self.root).as_posix()
         except ValueError:

@@ -213,7 +213,7 @@ class Engine:
             prefix=window.prefix,
             middle=window.middle,
             suffix=window.suffix,
-            path=request.path,
+            path=self._shown_path(request.path),
             repo_name=self.workspace.root.name if self.workspace is not None else None,
             context_files=tuple(ContextFile(p.path, p.text) for p in repo.pieces),
         )
@@ -258,6 +258,12 @@ class Engine:
                 total_ms=(time.perf_counter() - started) * 1000,
             ),
         )
+
+    def _shown_path(self, path: str | None) -> str | None:
+        # Inside a workspace the model sees the same relative paths as for the other files.
+        if path is None or self.workspace is None:
+            return path
+        return self.workspace.relative(path)
 
     def _repository_material(self, request: CompletionRequest) -> Material:
         workspace = self.workspace

@@ -1,0 +1,199 @@
+"""Repository context end to end: a real workspace on disk, the engine, the tiny model.
+
+The prompt is read back from the document's KV cache, which holds exactly the tokens the model
+saw, so these tests check what reaches the model, not what some intermediate returned.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from nextab.config import Config, ContextConfig
+from nextab.context.document import Document
+from nextab.context.workspace import RECENT_EDITS_PATH
+from nextab.engine import CompletionRequest, Engine, Suggestion
+
+GEOMETRY = '''"""Shapes."""
+
+PI = 3.14159
+
+
+def area_of_circle(radius):
+    """The area of a circle of the given radius."""
+    return PI * radius ** 2
+
+
+def perimeter_of_circle(radius):
+    return 2 * PI * radius
+'''
+
+UNRELATED = '''def parse_http_header(line):
+    name, _, value = line.partition(":")
+    return name.strip().lower(), value.strip()
+'''
+
+APP = """from pkg.geometry import area_of_circle
+
+
+def report(r):
+    total = area_of_circle(
+"""
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    root = tmp_path / "project"
+    (root / "pkg").mkdir(parents=True)
+    (root / "pkg" / "__init__.py").write_text("")
+    (root / "pkg" / "geometry.py").write_text(GEOMETRY)
+    (root / "pkg" / "http.py").write_text(UNRELATED)
+    (root / "app.py").write_text(APP)
+    return root
+
+
+def make_engine(tiny_backend, **context: object) -> Engine:
+    config = Config(max_tokens=2, context=ContextConfig(watch=False, **context))  # type: ignore[arg-type]
+    return Engine(config, tiny_backend)
+
+
+@pytest.fixture
+def engine_factory(tiny_backend) -> Iterator[Callable[..., Engine]]:
+    made: list[Engine] = []
+
+    def make(**context: object) -> Engine:
+        engine = make_engine(tiny_backend, **context)
+        made.append(engine)
+        return engine
+
+    yield make
+    for engine in made:
+        engine.close_workspace()
+
+
+def complete(engine: Engine, root: Path, doc: Document | None = None) -> tuple[Suggestion, str]:
+    text = (root / "app.py").read_text() if doc is None else doc.text
+    doc = doc or Document((root / "app.py").as_uri(), text, "python")
+    suggestion = engine.complete(
+        CompletionRequest(doc, len(text), text, path=str(root / "app.py"))
+    )
+    prompt = engine.backend.detokenize(doc.kv.tokens[: suggestion.metrics.prompt_tokens])
+    return suggestion, prompt
+
+
+def open_ready(engine: Engine, root: Path, **kwargs: object):
+    workspace = engine.open_workspace(root, store_dir=kwargs.pop("store_dir", None), **kwargs)  # type: ignore[arg-type]
+    assert workspace.index.wait_ready(timeout=30)
+    return workspace
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_full_strategy_shows_the_definition_of_the_imported_name(engine_factory, project):
+    engine = engine_factory(strategy="full", pool_tokens=2048, budget_tokens=2048)
+    open_ready(engine, project)
+    suggestion, prompt = complete(engine, project)
+    assert "<|file_sep|>pkg/geometry.py\n" in prompt
+    assert "def area_of_circle(radius):" in prompt
+    # The other files come before the current one, whose header comes last.
+    assert prompt.index("def area_of_circle") < prompt.index("<|file_sep|>app.py")
+    assert suggestion.metrics.context_tokens > 0
+
+
+def test_no_workspace_and_strategy_none_show_only_the_current_file(engine_factory, project):
+    for engine in (engine_factory(strategy="full"), engine_factory(strategy="none")):
+        if engine.config.context.strategy == "none":
+            open_ready(engine, project)
+        suggestion, prompt = complete(engine, project)
+        assert "def area_of_circle" not in prompt
+        assert suggestion.metrics.context_tokens == 0
+
+
+def test_budget_limits_the_material(engine_factory, project):
+    engine = engine_factory(strategy="full", pool_tokens=2048, budget_tokens=40)
+    workspace = open_ready(engine, project)
+    suggestion, _ = complete(engine, project)
+    assert 0 < suggestion.metrics.context_tokens <= 40
+    material = workspace.material("app.py", APP, len(APP))
+    assert sum(workspace.count_tokens(p.text) for p in material.pieces) <= 40
+
+
+def test_longcodezip_is_prepared_in_the_background_then_kept_stable(engine_factory, project):
+    engine = engine_factory(strategy="longcodezip", pool_tokens=1024, budget_tokens=64)
+    workspace = open_ready(engine, project)
+    doc = Document((project / "app.py").as_uri(), APP, "python")
+    first, prompt = complete(engine, project, doc)
+    # Compression runs the model: not on the request path, so the first request goes without.
+    assert first.metrics.context_tokens == 0 and "<|file_sep|>pkg/geometry.py" not in prompt
+    wait_for(lambda: not workspace.pending())
+    second, prompt = complete(engine, project, doc)
+    assert 0 < second.metrics.context_tokens <= 64
+    assert "<|file_sep|>pkg/geometry.py" in prompt
+    # A keystroke at the same place keeps the material, so the prompt's prefix is reused.
+    typed = APP + "r"
+    third = engine.complete(CompletionRequest(doc, len(typed), typed, path=str(project / "app.py")))
+    assert third.metrics.context_tokens == second.metrics.context_tokens
+    assert third.metrics.reused_tokens >= second.metrics.prompt_tokens - 4
+
+
+def test_recent_edits_reach_the_prompt_as_a_diff(engine_factory, project):
+    engine = engine_factory(strategy="full", pool_tokens=2048, budget_tokens=2048)
+    workspace = open_ready(engine, project)
+    uri = (project / "pkg" / "http.py").as_uri()
+    before = UNRELATED
+    at = before.index("lower()")
+    workspace.history.record(uri, before, at, at + len("lower()"), "upper()", 2, now=time.time())
+    workspace.history.close_open_edits()
+    _, prompt = complete(engine, project)
+    assert f"<|file_sep|>{RECENT_EDITS_PATH}\n" in prompt
+    assert "-    return name.strip().lower(), value.strip()" in prompt
+    assert "+    return name.strip().upper(), value.strip()" in prompt
+    # Last before the current file: what changes most sits nearest the cursor.
+    assert prompt.index(RECENT_EDITS_PATH) > prompt.index("pkg/geometry.py")
+
+
+def test_index_and_history_persist_across_restarts(engine_factory, project, tmp_path):
+    store = tmp_path / "store"
+    engine = engine_factory(strategy="full")
+    workspace = open_ready(engine, project, store_dir=store)
+    uri = (project / "app.py").as_uri()
+    workspace.history.record(uri, APP, len(APP), len(APP), "r)\n", 2, now=time.time())
+    engine.close_workspace()
+    assert (store / "history.msgpack").exists() and (store / "index.msgpack").exists()
+    again = open_ready(engine, project, store_dir=store)
+    assert [e.new for e in again.history.edits()] == ["r)\n"]
+    assert again.index.stats().parsed == 0  # nothing changed on disk: nothing re-parsed
+
+
+def test_a_file_written_outside_the_editor_becomes_context(tiny_backend, project):
+    engine = Engine(
+        Config(max_tokens=2, context=ContextConfig(strategy="full", watch=True)), tiny_backend
+    )
+    try:
+        workspace = open_ready(engine, project)
+        (project / "pkg" / "volume.py").write_text(
+            "def volume_of_sphere(radius):\n    return 4 / 3 * 3.14159 * radius ** 3\n"
+        )
+        wait_for(lambda: bool(workspace.index.definitions_named("volume_of_sphere")), 20)
+        text = "from pkg.volume import volume_of_sphere\n\nv = volume_of_sphere("
+        material = workspace.prepare("app.py", text, len(text))
+        assert any(p.path == "pkg/volume.py" for p in material.pieces)
+    finally:
+        engine.close_workspace()
+
+
+def test_relative_paths(engine_factory, project):
+    workspace = open_ready(engine_factory(strategy="none"), project)
+    assert workspace.relative((project / "pkg" / "geometry.py").as_uri()) == "pkg/geometry.py"
+    assert workspace.relative(str(project / "app.py")) == "app.py"
+    assert workspace.relative("pkg/http.py") == "pkg/http.py"
+    assert dataclasses.is_dataclass(workspace.settings)
