@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -197,3 +198,77 @@ async def test_missing_model_is_reported_and_server_keeps_serving(tmp_path: Path
     await c.shutdown_async(None)
     c.exit(None)
     await c.stop()
+
+
+async def test_workspace_is_indexed_with_progress_and_edits_persist(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    root = tmp_path / "project"
+    (root / "pkg").mkdir(parents=True)
+    (root / "pkg" / "__init__.py").write_text("")
+    (root / "pkg" / "geometry.py").write_text("def area(r):\n    return 3.14 * r * r\n")
+    app = root / "app.py"
+    app.write_text("from pkg.geometry import area\n\nx = \n")
+    cache = tmp_path / "cache"
+
+    client = Client()
+    progress: list[object] = []
+    created: list[object] = []
+
+    @client.feature(types.WINDOW_WORK_DONE_PROGRESS_CREATE)
+    def create(ls: Client, params: types.WorkDoneProgressCreateParams) -> None:
+        created.append(params.token)
+
+    @client.feature(types.PROGRESS)
+    def on_progress(ls: Client, params: types.ProgressParams) -> None:
+        progress.append(params.value)
+
+    env = {**os.environ, "NEXTAB_CACHE_DIR": str(cache)}
+    await client.start_io(
+        sys.executable, "-m", "nextab", "serve", "--model", str(tiny_model_dir), "--device", "cpu",
+        env=env,
+    )
+    await client.initialize_async(
+        types.InitializeParams(
+            capabilities=types.ClientCapabilities(
+                window=types.WindowClientCapabilities(work_done_progress=True)
+            ),
+            root_uri=root.as_uri(),
+            workspace_folders=[types.WorkspaceFolder(uri=root.as_uri(), name="project")],
+            initialization_options={"maxTokens": 4, "context": {"strategy": "full"}},
+            process_id=None,
+        )
+    )
+    client.initialized(types.InitializedParams())
+    try:
+        for _ in range(300):
+            if any(isinstance(p, dict) and p.get("kind") == "end" for p in progress):
+                break
+            await asyncio.sleep(0.1)
+        kinds = [p.get("kind") for p in progress if isinstance(p, dict)]
+        assert created and kinds[0] == "begin" and kinds[-1] == "end", progress
+
+        uri = app.as_uri()
+        text = app.read_text()
+        _open(client, text, uri)
+        client.text_document_did_change(
+            types.DidChangeTextDocumentParams(
+                text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=2),
+                content_changes=[
+                    types.TextDocumentContentChangePartial(
+                        range=types.Range(types.Position(2, 4), types.Position(2, 4)),
+                        text="area(2)\n",
+                    )
+                ],
+            )
+        )
+        result = await client.text_document_inline_completion_async(_inline(3, 0, uri))
+        assert isinstance(result, types.InlineCompletionList)
+    finally:
+        await client.shutdown_async(None)
+        client.exit(None)
+        await client.stop()
+    # The edit history outlives the server, in the cache folder the environment names.
+    stores = list((cache / "workspaces").glob("project-*/history.msgpack"))
+    assert len(stores) == 1
+    assert b"area(2)" in stores[0].read_bytes()
