@@ -42,7 +42,7 @@ RECENT_EDITS_PATH = "recent_edits.diff"
 
 @dataclass(frozen=True)
 class WorkspaceSettings:
-    strategy: str = "longcodezip"
+    strategy: str = "auto"
     pool_tokens: int = 4096
     budget_tokens: int = 1024
     recent_edits_chars: int = 1200
@@ -67,11 +67,14 @@ class Workspace:
         count_tokens: Callable[[str], int] | None = None,
         store_dir: Path | None = None,
         progress: ProgressFn | None = None,
+        scoring_batch: int = 4,
     ) -> None:
         self.root = Path(root).resolve()
         self.settings = settings
         self.count_tokens = count_tokens or _approximate_tokens
-        self.compressor = Compressor(scorer) if scorer is not None else None
+        self.compressor = (
+            Compressor(scorer, batch_size=scoring_batch) if scorer is not None else None
+        )
         self.similar = SimilarityIndex()
         self.store_dir = store_dir
         self.index = WorkspaceIndex(

@@ -33,8 +33,9 @@ class ContextConfig:
     """Repository material in the prompt: what is gathered, and how it is cut to a budget."""
 
     # "longcodezip" compresses the candidates with the model as scorer, "bm25" keeps the best by
-    # BM25 alone, "full" keeps them in rank order, "none" shows the current file only.
-    strategy: Literal["longcodezip", "bm25", "full", "none"] = "longcodezip"
+    # BM25 alone, "full" keeps them in rank order, "none" shows the current file only; "auto"
+    # is longcodezip on a GPU and bm25 on a CPU, where scoring costs minutes per place.
+    strategy: Literal["auto", "longcodezip", "bm25", "full", "none"] = "auto"
     pool_tokens: int = 4096  # candidates gathered before compression
     budget_tokens: int = 1024  # repository material that reaches the prompt
     recent_edits_chars: int = 1200  # unified diffs of the latest edits shown in the prompt

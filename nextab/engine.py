@@ -7,6 +7,7 @@ event loop.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import threading
@@ -49,6 +50,8 @@ if TYPE_CHECKING:
     from nextab.context.workspace import ProgressFn, Workspace, WorkspaceSettings
 
 log = logging.getLogger(__name__)
+
+PREPARE_IDLE_S = 1.0  # background context preparation starts after this long without requests
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,7 @@ class Engine:
         self._wake = threading.Event()
         self._preparer: threading.Thread | None = None
         self._closing = False
+        self._last_request = 0.0
 
     @classmethod
     def load(cls, config: Config, *, progress: bool = True) -> Engine:
@@ -115,7 +119,7 @@ class Engine:
             self.decoder = make_decoder(config.decoding)
             self.config = config
         if self.workspace is not None:
-            self.workspace.settings = workspace_settings(config.context)
+            self.workspace.settings = self._workspace_settings(config.context)
 
     def open_workspace(
         self,
@@ -139,8 +143,11 @@ class Engine:
         scorer = _LockedScorer(BackendScorer(self.backend), self)
         self.workspace = Workspace(
             root,
-            workspace_settings(self.config.context),
+            self._workspace_settings(self.config.context),
             scorer=scorer,
+            # On a CPU batching barely speeds scoring up, and one sequence at a time lets a
+            # completion take the model between sequences.
+            scoring_batch=1 if self.backend.info.device == "cpu" else 4,
             count_tokens=scorer.count_tokens,
             store_dir=store_dir,
             progress=progress,
@@ -164,15 +171,28 @@ class Engine:
         if workspace is not None:
             workspace.stop()
 
+    def _workspace_settings(self, config: ContextConfig) -> WorkspaceSettings:
+        settings = workspace_settings(config)
+        if settings.strategy == "auto":
+            # LongCodeZip scores thousands of tokens per place: seconds on a GPU, minutes on a
+            # 2-core CPU, where BM25 selection (no model calls) is the better trade.
+            strategy = "bm25" if self.backend.info.device == "cpu" else "longcodezip"
+            settings = dataclasses.replace(settings, strategy=strategy)
+        return settings
+
     def _prepare_loop(self) -> None:
         # Compression runs the model: it takes the lock per scoring call and gives up as soon
         # as a completion waits, so a keystroke never queues behind more than one call.
         while not self._closing:
-            self._wake.wait(timeout=1.0)
+            self._wake.wait(timeout=PREPARE_IDLE_S)
             self._wake.clear()
             workspace = self.workspace
             if workspace is not None:
                 workspace.save_if_due()
+            # Wait for a pause in typing: a scoring call started between two keystrokes would
+            # hold the model when the next request arrives.
+            while not self._closing and time.monotonic() - self._last_request < PREPARE_IDLE_S:
+                time.sleep(0.05)
             while workspace is not None and not self._closing and not self._waiting:
                 try:
                     if not workspace.prepare_pending(should_stop=self._should_yield):
@@ -235,6 +255,7 @@ class Engine:
                 cache = self._cache_for(request.document)
                 result = self.decoder.decode(self.backend, cache, prompt, params, cancel, healing)
         finally:
+            self._last_request = time.monotonic()
             if self.workspace is not None and self.workspace.pending():
                 self._wake.set()
         trimmed = finalize(result.text, rules)

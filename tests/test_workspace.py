@@ -197,3 +197,13 @@ def test_relative_paths(engine_factory, project):
     assert workspace.relative(str(project / "app.py")) == "app.py"
     assert workspace.relative("pkg/http.py") == "pkg/http.py"
     assert dataclasses.is_dataclass(workspace.settings)
+
+
+def test_auto_strategy_is_bm25_on_a_cpu_and_needs_no_model_calls(engine_factory, project):
+    engine = engine_factory(strategy="auto", pool_tokens=2048, budget_tokens=512)
+    workspace = open_ready(engine, project)
+    assert workspace.settings.strategy == "bm25"
+    suggestion, prompt = complete(engine, project)
+    # Ready on the first request: nothing waited for a background model run.
+    assert suggestion.metrics.context_tokens > 0 and not workspace.pending()
+    assert "<|file_sep|>pkg/geometry.py" in prompt
