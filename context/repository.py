@@ -126,44 +126,48 @@ def render(kept: Sequence[tuple[Chunk, str]], rank: dict[str, int]) -> tuple[Con
     return tuple(piece for _, piece in pieces)
 
 
+@dataclass(frozen=True)
+class Selection:
+    """How a pool is cut down: the strategy, its budget, and what it measures with."""
+
+    strategy: str  # "none" | "full" | "bm25" | "longcodezip" ("auto": longcodezip if it can)
+    budget: int  # tokens
+    count: Callable[[str], int]
+    compressor: Compressor | None = None
+
+
 def select(
     pool: Sequence[Candidate],
-    strategy: str,
     query: str,
-    budget: int,
-    count: Callable[[str], int],
-    compressor: Compressor | None,
+    how: Selection,
     should_stop: Callable[[], bool] | None = None,
 ) -> list[tuple[Chunk, str]]:
-    if strategy == "none" or budget <= 0 or not pool:
+    if how.strategy == "none" or how.budget <= 0 or not pool:
         return []
-    if strategy == "full":
-        return [(c.chunk, c.chunk.text) for c in fill_pool(pool, budget, count)]
-    if strategy == "bm25" or compressor is None:
-        return by_bm25(pool, query, budget, count)
-    compressed = compressor.compress([c.chunk for c in pool], query, budget, should_stop)
+    if how.strategy == "full":
+        return [(c.chunk, c.chunk.text) for c in fill_pool(pool, how.budget, how.count)]
+    if how.strategy == "bm25" or how.compressor is None:
+        return by_bm25(pool, query, how.budget, how.count)
+    compressed = how.compressor.compress([c.chunk for c in pool], query, how.budget, should_stop)
     return [(kept.chunk, kept.text) for kept in compressed.kept]
 
 
 def make_material(
     key: tuple[object, ...],
     pool: Sequence[Candidate],
-    strategy: str,
     query: str,
-    budget: int,
-    count: Callable[[str], int],
-    compressor: Compressor | None,
+    how: Selection,
     should_stop: Callable[[], bool] | None = None,
 ) -> Material:
     started = time.perf_counter()
-    kept = select(pool, strategy, query, budget, count, compressor, should_stop)
+    kept = select(pool, query, how, should_stop)
     rank = {c.chunk.key: i for i, c in enumerate(pool)}
     pieces = render(kept, rank)
     return Material(
         key=key,
         pieces=pieces,
-        tokens=sum(count(text) for _, text in kept),
-        strategy=strategy,
+        tokens=sum(how.count(text) for _, text in kept),
+        strategy=how.strategy,
         candidates=len(pool),
         prepare_seconds=time.perf_counter() - started,
     )

@@ -25,6 +25,7 @@ from nextab.context.repository import (
     Candidate,
     ContextPiece,
     Material,
+    Selection,
     fill_pool,
     make_material,
     names_near,
@@ -193,10 +194,10 @@ class Workspace:
         key = self.place_key(path, text, offset)
         query = query_text(text, offset)
         pool = self.candidates(path, text, offset)
-        material = make_material(
-            key, pool, self.settings.strategy, query, self.settings.budget_tokens,
-            self.count_tokens, self.compressor, should_stop,
+        how = Selection(
+            self.settings.strategy, self.settings.budget_tokens, self.count_tokens, self.compressor
         )
+        material = make_material(key, pool, query, how, should_stop)
         material = self._with_recent_edits(material)
         with self._lock:
             self._ready[path] = material

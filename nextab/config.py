@@ -63,41 +63,32 @@ class Config:
     context: ContextConfig = field(default_factory=ContextConfig)
 
 
+# Integer settings and their inclusive ranges.
+_RANGES: dict[str, tuple[int, int]] = {
+    "max_tokens": (1, 4096),
+    "debounce_ms": (0, 10_000),
+    "cached_documents": (1, 256),
+    "max_lines": (1, 200),
+    "prefix_chars": (0, 1_000_000),
+    "suffix_chars": (0, 1_000_000),
+    "middle_lines": (0, 1000),
+    "pool_tokens": (0, 131_072),
+    "budget_tokens": (0, 131_072),
+    "recent_edits_chars": (0, 100_000),
+    "max_files": (0, 1_000_000),
+    "max_file_bytes": (1, 100_000_000),
+    "history_edits": (0, 100_000),
+    "edit_pause_ms": (0, 600_000),
+}
 _CHECKS: dict[str, Callable[[Any], bool]] = {
-    "max_tokens": lambda v: 1 <= v <= 4096,
-    "debounce_ms": lambda v: 0 <= v <= 10_000,
-    "cached_documents": lambda v: 1 <= v <= 256,
-    "max_lines": lambda v: 1 <= v <= 200,
-    "prefix_chars": lambda v: 0 <= v <= 1_000_000,
-    "suffix_chars": lambda v: 0 <= v <= 1_000_000,
-    "middle_lines": lambda v: 0 <= v <= 1000,
+    **{name: (lambda v, lo=lo, hi=hi: lo <= v <= hi) for name, (lo, hi) in _RANGES.items()},
     "device": lambda v: bool(re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v)),
     "model": lambda v: bool(v.strip()),
-    "pool_tokens": lambda v: 0 <= v <= 131_072,
-    "budget_tokens": lambda v: 0 <= v <= 131_072,
-    "recent_edits_chars": lambda v: 0 <= v <= 100_000,
-    "max_files": lambda v: 0 <= v <= 1_000_000,
-    "max_file_bytes": lambda v: 1 <= v <= 100_000_000,
-    "history_edits": lambda v: 0 <= v <= 100_000,
-    "edit_pause_ms": lambda v: 0 <= v <= 600_000,
 }
 _ALLOWED_TEXT = {
-    "max_tokens": "an integer from 1 to 4096",
-    "debounce_ms": "an integer from 0 to 10000",
-    "cached_documents": "an integer from 1 to 256",
-    "max_lines": "an integer from 1 to 200",
-    "prefix_chars": "an integer from 0 to 1000000",
-    "suffix_chars": "an integer from 0 to 1000000",
-    "middle_lines": "an integer from 0 to 1000",
+    **{name: f"an integer from {lo} to {hi}" for name, (lo, hi) in _RANGES.items()},
     "device": '"auto", "cpu", "mps", "cuda" or "cuda:N"',
     "model": "a non-empty model name or path",
-    "pool_tokens": "an integer from 0 to 131072",
-    "budget_tokens": "an integer from 0 to 131072",
-    "recent_edits_chars": "an integer from 0 to 100000",
-    "max_files": "an integer from 0 to 1000000",
-    "max_file_bytes": "an integer from 1 to 100000000",
-    "history_edits": "an integer from 0 to 100000",
-    "edit_pause_ms": "an integer from 0 to 600000",
 }
 
 _converter = cattrs.Converter(forbid_extra_keys=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from nextab.context.compress import Chunk, split_functions
 from nextab.context.repository import (
     Candidate,
+    Selection,
     by_bm25,
     fill_pool,
     make_material,
@@ -72,9 +73,9 @@ def test_render_groups_by_file_in_line_order_with_elided_gaps_most_relevant_last
 
 def test_material_strategies_none_full_and_bm25() -> None:
     pool = [candidate("a.py", "alpha beta"), candidate("b.py", "gamma delta epsilon")]
-    none = make_material(("k",), pool, "none", "gamma", 100, words, None)
+    none = make_material(("k",), pool, "gamma", Selection("none", 100, words))
     assert none.pieces == () and none.tokens == 0
-    full = make_material(("k",), pool, "full", "gamma", 100, words, None)
+    full = make_material(("k",), pool, "gamma", Selection("full", 100, words))
     assert [p.path for p in full.pieces] == ["b.py", "a.py"] and full.tokens == 5
-    bm25 = make_material(("k",), pool, "bm25", "gamma", 3, words, None)
+    bm25 = make_material(("k",), pool, "gamma", Selection("bm25", 3, words))
     assert [p.path for p in bm25.pieces] == ["b.py"] and bm25.tokens == 3
