@@ -176,12 +176,28 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="tokens of repository context in the uncompressed condition")
     parser.add_argument("--sdist-dir", default=str(Path.home() / ".cache" / "nextab" / "sdists"))
     parser.add_argument("--settings", default="{}", help="JSON settings applied first")
-    parser.add_argument("--out", help="also write per-task records here")
+    parser.add_argument("--out", help="also write the summary and per-task records here")
+    parser.add_argument(
+        "--records", help="append each task's records here as JSON lines, as they finish"
+    )
+    parser.add_argument(
+        "--summarize", metavar="RECORDS", help="only summarize a --records file (even unfinished)"
+    )
     return parser.parse_args(argv)
+
+
+def summarize_records(path: Path, conditions: Sequence[str], window: int) -> dict[str, Any]:
+    results = [Result(**json.loads(line)) for line in path.read_text().splitlines() if line]
+    parsed = [parse_condition(c, window) for c in conditions]
+    return {"tasks": len({r.task_id for r in results}), "conditions": summarise(results, parsed)}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.summarize:
+        summary = summarize_records(Path(args.summarize), args.conditions, args.window)
+        print(json.dumps(summary, indent=2))
+        return 0
     config, messages = load(json.loads(args.settings))
     for message in messages:
         print(message, file=sys.stderr)
@@ -196,6 +212,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for i, task in enumerate(t for t in tasks if t.root == root):
             rows = run_task(engine, task, conditions, config, args.window)
             results.extend(rows)
+            if args.records:
+                with open(args.records, "a", encoding="utf-8") as records:
+                    records.writelines(json.dumps(asdict(r)) + "\n" for r in rows)
             marks = " ".join(f"{r.condition}={'Y' if r.exact else '.'}" for r in rows)
             print(f"[{i}] {task.task_id} {marks}", file=sys.stderr)
         engine.close_workspace()

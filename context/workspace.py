@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 PLACE_LINES = 32  # the cursor's place: its file and this many lines around it
 SAVE_INTERVAL_S = 30.0
+RECENT_CHUNKS = 4  # chunks around the latest edits in other files that join the candidates
 # Shown to the model as one more file of the repository, right before the current one.
 RECENT_EDITS_PATH = "recent_edits.diff"
 
@@ -228,7 +229,11 @@ class Workspace:
 
     def candidates(self, path: str, text: str, offset: int) -> list[Candidate]:
         """The pool: definitions of names near the cursor, then similar code, in rank order."""
-        ranked = [*self._definitions(path, text, offset), *self._similar(path, text, offset)]
+        ranked = [
+            *self._definitions(path, text, offset),
+            *self._recently_edited(path),
+            *self._similar(path, text, offset),
+        ]
         return fill_pool(ranked, self.settings.pool_tokens, self.count_tokens)
 
     def _definitions(self, path: str, text: str, offset: int) -> list[Candidate]:
@@ -244,6 +249,20 @@ class Workspace:
                     found.append((preference, distance, Candidate(chunk, "definition", 0.0)))
         found.sort(key=lambda item: (item[0], item[1]))
         return [candidate for _, _, candidate in found]
+
+    def _recently_edited(self, path: str) -> list[Candidate]:
+        """The chunks of other files the developer changed last, latest first."""
+        found: list[Candidate] = []
+        for edit in reversed(self.history.edits()):
+            if len(found) >= RECENT_CHUNKS:
+                break
+            edited = self.relative(edit.uri)
+            if edited == path:
+                continue
+            chunk = self._chunk_at(edited, edit.line)
+            if chunk is not None and all(c.chunk.key != chunk.key for c in found):
+                found.append(Candidate(chunk, "recent", 0.0))
+        return found
 
     def _similar(self, path: str, text: str, offset: int) -> list[Candidate]:
         hits = self.similar.search(query_text(text, offset), limit=32, exclude=[path])

@@ -207,3 +207,19 @@ def test_auto_strategy_is_bm25_on_a_cpu_and_needs_no_model_calls(engine_factory,
     # Ready on the first request: nothing waited for a background model run.
     assert suggestion.metrics.context_tokens > 0 and not workspace.pending()
     assert "<|file_sep|>pkg/geometry.py" in prompt
+
+
+def test_chunks_edited_recently_in_other_files_are_candidates(engine_factory, project):
+    engine = engine_factory(strategy="full", pool_tokens=2048, budget_tokens=2048)
+    workspace = open_ready(engine, project)
+    uri = (project / "pkg" / "http.py").as_uri()
+    at = UNRELATED.index("lower()")
+    edited = UNRELATED[:at] + "casefold()" + UNRELATED[at + len("lower()"):]
+    workspace.history.record(uri, UNRELATED, at, at + len("lower()"), "casefold()", 2)
+    workspace.history.close_open_edits()
+    workspace.open_document("pkg/http.py", edited)
+    text = "x = 1\n"
+    found = workspace.candidates("app.py", text, len(text))
+    recent = [c for c in found if c.why == "recent"]
+    assert [c.chunk.path for c in recent] == ["pkg/http.py"]
+    assert "casefold()" in recent[0].chunk.text
