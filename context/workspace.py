@@ -14,10 +14,11 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from urllib.parse import unquote
 
+from nextab.config import ContextConfig
 from nextab.context.compress import Chunk, Compressor, Scorer, split_functions
 from nextab.context.history import EditHistory
 from nextab.context.index import WorkspaceIndex
@@ -42,20 +43,6 @@ RECENT_CHUNKS = 4  # chunks around the latest edits in other files that join the
 RECENT_EDITS_PATH = "recent_edits.diff"
 
 
-@dataclass(frozen=True)
-class WorkspaceSettings:
-    strategy: str = "auto"
-    pool_tokens: int = 4096
-    budget_tokens: int = 1024
-    recent_edits_chars: int = 1200
-    index: bool = True
-    watch: bool = True
-    max_files: int = 20_000
-    max_file_bytes: int = 1_000_000
-    history_edits: int = 200
-    edit_pause_ms: int = 1500
-
-
 ProgressFn = Callable[[int, int, str], None]
 
 
@@ -63,7 +50,7 @@ class Workspace:
     def __init__(
         self,
         root: str | Path,
-        settings: WorkspaceSettings,
+        settings: ContextConfig,
         *,
         scorer: Scorer | None = None,
         count_tokens: Callable[[str], int] | None = None,
@@ -97,7 +84,6 @@ class Workspace:
         self._lock = threading.Lock()
         self._ready: dict[str, Material] = {}
         self._wanted: dict[str, tuple[tuple[object, ...], str, int]] = {}
-        self._generation = 0
         self._watcher = None
         self._saved_at = time.monotonic()
 
@@ -144,7 +130,6 @@ class Workspace:
         chunks = split_functions(path, text, language) if text is not None else []
         with self._lock:
             self._chunks[path] = chunks
-            self._generation += 1
         self.similar.set_file(
             path,
             [Passage(path, c.start_line, c.start_line + c.text.count("\n") + 1, c.text)

@@ -15,7 +15,7 @@ import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -47,7 +47,7 @@ from nextab.models.scoring import BackendScorer
 from nextab.models.stopping import StopRules, Trimmed, finalize
 
 if TYPE_CHECKING:
-    from nextab.context.workspace import ProgressFn, Workspace, WorkspaceSettings
+    from nextab.context.workspace import ProgressFn, Workspace
 
 log = logging.getLogger(__name__)
 
@@ -171,8 +171,7 @@ class Engine:
         if workspace is not None:
             workspace.stop()
 
-    def _workspace_settings(self, config: ContextConfig) -> WorkspaceSettings:
-        settings = workspace_settings(config)
+    def _workspace_settings(self, settings: ContextConfig) -> ContextConfig:
         if settings.strategy == "auto":
             # LongCodeZip scores thousands of tokens per place: seconds on a GPU, minutes on a
             # 2-core CPU, where BM25 selection (no model calls) is the better trade.
@@ -331,12 +330,6 @@ def workspace_store(root: str | Path) -> Path:
     resolved = str(Path(root).resolve())
     digest = hashlib.sha256(resolved.encode("utf-8", "surrogatepass")).hexdigest()[:16]
     return cache_dir() / "workspaces" / f"{Path(resolved).name or 'root'}-{digest}"
-
-
-def workspace_settings(config: ContextConfig) -> WorkspaceSettings:
-    from nextab.context.workspace import WorkspaceSettings
-
-    return WorkspaceSettings(**{f.name: getattr(config, f.name) for f in fields(WorkspaceSettings)})
 
 
 class _LockedScorer:
