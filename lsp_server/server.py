@@ -189,13 +189,14 @@ class NextabServer(LanguageServer):
                 doc.inflight = None
         m = suggestion.metrics
         log.info(
-            "%s:%d:%d %s %.0f ms (prompt %d, reused %d, new %d) -> %r",
+            "%s:%d:%d %s %.0f ms (prompt %d, context %d, reused %d, new %d) -> %r",
             _display_path(uri),
             position.line,
             position.character,
             suggestion.mode,
             m.total_ms,
             m.prompt_tokens,
+            m.context_tokens,
             m.reused_tokens,
             m.generated_tokens,
             suggestion.text[:60],
