@@ -258,10 +258,12 @@ class Scripted:
         return logits
 
 
-def complete_with(tiny, script: str, text: str, offset: int, **kwargs) -> Suggestion:
+def complete_with(
+    tiny, script: str, text: str, offset: int, uri: str = "file:///a.py", **kwargs
+) -> Suggestion:
     # The script starts right after <|fim_middle|>: the classic layout puts the cursor there.
     engine = Engine(dataclasses.replace(CLASSIC, **kwargs), Scripted(tiny, script))
-    doc = Document("file:///a.py", text)
+    doc = Document(uri, text)
     return engine.complete(CompletionRequest(document=doc, offset=offset, text=text))
 
 
@@ -345,22 +347,19 @@ def test_block_completion_ending_with_eos_after_a_dedent(tiny_backend):
     assert s.text == "return sum(xs)"
 
 
-def test_block_cut_before_a_line_that_breaks_the_syntax(tiny_backend):
-    # file:///a.py has a tree-sitter grammar: the second line would leave an unclosed "(".
+@pytest.mark.parametrize(
+    ("uri", "expected"),
+    [
+        # .py has a tree-sitter grammar: the second line would leave an unclosed "(".
+        ("file:///a.py", "total = sum(xs)"),
+        # Plain text has no tree, so nothing is syntax-checked.
+        ("file:///notes.txt", "total = sum(xs)\n    return max(total,"),
+    ],
+)
+def test_block_cut_before_a_line_that_breaks_the_syntax(tiny_backend, uri, expected):
     text = "def f(xs):\n    \n\nprint(f([1]))\n"
     offset = text.index("    \n") + 4
     script = "total = sum(xs)\n    return max(total,\nprint(2)\n"
-    s = complete_with(tiny_backend, script, text, offset)
+    s = complete_with(tiny_backend, script, text, offset, uri=uri)
     assert s.mode == "block"
-    assert s.text == "total = sum(xs)"
-
-
-def test_plain_text_files_are_not_syntax_checked(tiny_backend):
-    text = "def f(xs):\n    \n\nprint(f([1]))\n"
-    offset = text.index("    \n") + 4
-    script = "total = sum(xs)\n    return max(total,\nprint(2)\n"
-    engine = Engine(CLASSIC, Scripted(tiny_backend, script))
-    doc = Document("file:///notes.txt", text)
-    s = engine.complete(CompletionRequest(document=doc, offset=offset, text=text))
-    assert doc.syntax is None
-    assert s.text == "total = sum(xs)\n    return max(total,"
+    assert s.text == expected
