@@ -87,6 +87,12 @@ class Chunk:
     header: tuple[int, int] = (0, 1)  # lines [a, b) of the chunk always kept (signature)
     language: str | None = None  # nextab language name, for the elision comment
 
+    @property
+    def end_line(self) -> int:
+        """The line after the chunk's last one (its text spells whole lines)."""
+        newlines = self.text.count("\n")
+        return self.start_line + newlines + (0 if self.text.endswith("\n") else 1)
+
 
 # ---------------------------------------------------------------------------------------------
 # Function-level chunking

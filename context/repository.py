@@ -1,8 +1,9 @@
 """Repository material for a prompt: candidates gathered, ranked, cut to a budget, rendered.
 
-Candidates, in rank order: the definitions of names used near the cursor (from the workspace
-index, those in files the current file imports first), then code similar to the code at the
-cursor (BM25 over function-level chunks). The pool is cut to `pool_tokens`; a strategy brings it
+Candidates, in rank order (gathered by context/workspace.py): the definitions of names used near
+the cursor (from the workspace index, those in files the current file imports first), names
+imported but not used yet, chunks edited lately, code similar to the code at the cursor (BM25
+over function-level chunks), then the other imported names. The pool is cut to `pool_tokens`; a strategy brings it
 to `budget_tokens`: LongCodeZip compression with the model as scorer, BM25 rank alone, or rank
 order ("full"). The result is rendered as other files of the repository, most relevant last
 (nearest the cursor), and kept per place so that the prompt, and its KV cache, stay the same
@@ -49,7 +50,7 @@ class Material:
 @dataclass(frozen=True)
 class Candidate:
     chunk: Chunk
-    why: str  # "definition" | "similar"
+    why: str  # "definition" | "imported" | "recent" | "similar"
     bm25: float  # similarity to the query (0 when not retrieved by similarity)
 
 
@@ -120,7 +121,7 @@ def render(kept: Sequence[tuple[Chunk, str]], rank: dict[str, int]) -> tuple[Con
             if chunk.start_line > line:
                 parts.append(elision_line(chunk.language, ""))
             parts.append(text if text.endswith("\n") else text + "\n")
-            line = chunk.start_line + chunk.text.count("\n") + (0 if chunk.text.endswith("\n") else 1)
+            line = chunk.end_line
         pieces.append((min(rank[c.key] for c, _ in items), ContextPiece(path, "".join(parts))))
     pieces.sort(key=lambda item: -item[0])
     return tuple(piece for _, piece in pieces)

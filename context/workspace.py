@@ -11,8 +11,10 @@ its KV cache, survive the keystrokes there.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -41,6 +43,7 @@ SAVE_INTERVAL_S = 30.0
 RECENT_CHUNKS = 4  # chunks around the latest edits in other files that join the candidates
 # Shown to the model as one more file of the repository, right before the current one.
 RECENT_EDITS_PATH = "recent_edits.diff"
+_WORD = re.compile(r"[A-Za-z_$][A-Za-z0-9_$]*")
 
 
 ProgressFn = Callable[[int, int, str], None]
@@ -132,8 +135,7 @@ class Workspace:
             self._chunks[path] = chunks
         self.similar.set_file(
             path,
-            [Passage(path, c.start_line, c.start_line + c.text.count("\n") + 1, c.text)
-             for c in chunks],
+            [Passage(path, c.start_line, c.end_line, c.text) for c in chunks],
         )
         if self.compressor is not None:
             self.compressor.invalidate(path)
@@ -213,11 +215,16 @@ class Workspace:
             self.save()
 
     def candidates(self, path: str, text: str, offset: int) -> list[Candidate]:
-        """The pool: definitions of names near the cursor, then similar code, in rank order."""
+        """The pool, in rank order: definitions of names near the cursor; definitions the file
+        imports but does not use yet; chunks edited lately; similar code; then the definitions
+        of the other imported names."""
+        unused, used = self._imported(path, text)
         ranked = [
             *self._definitions(path, text, offset),
+            *unused,
             *self._recently_edited(path),
             *self._similar(path, text, offset),
+            *used,
         ]
         return fill_pool(ranked, self.settings.pool_tokens, self.count_tokens)
 
@@ -234,6 +241,35 @@ class Workspace:
                     found.append((preference, distance, Candidate(chunk, "definition", 0.0)))
         found.sort(key=lambda item: (item[0], item[1]))
         return [candidate for _, _, candidate in found]
+
+    def _imported(self, path: str, text: str) -> tuple[list[Candidate], list[Candidate]]:
+        """Definitions of the names the file imports from the workspace, split into those the
+        file does not use yet (an import written ahead of its first use says what comes next)
+        and the rest, each in import order."""
+        uses = Counter(_WORD.findall(text))
+        unused: list[Candidate] = []
+        used: list[Candidate] = []
+        for imported, targets in self.index.resolved_imports(path):
+            if not targets:
+                continue
+            local_names = dict(imported.renames)
+            for name in imported.names:
+                if name == "*":
+                    continue
+                # Once at the import itself: any further mention is a use.
+                fresh = uses[local_names.get(name, name)] <= 1
+                for chunk in self._imported_chunks(name, targets, path):
+                    (unused if fresh else used).append(Candidate(chunk, "imported", 0.0))
+        return unused, used
+
+    def _imported_chunks(self, name: str, targets: tuple[str, ...], path: str) -> list[Chunk]:
+        definitions = [d for d in self.index.definitions_named(name) if d.path != path]
+        direct = [d for d in definitions if d.path in targets]
+        # A package may re-export the name from one of its modules: take that definition when
+        # the name is unambiguous in the workspace.
+        chosen = direct or (definitions if len(definitions) == 1 else [])
+        chunks = (self._chunk_at(d.path, d.start_line) for d in chosen)
+        return [chunk for chunk in chunks if chunk is not None]
 
     def _recently_edited(self, path: str) -> list[Candidate]:
         """The chunks of other files the developer changed last, latest first."""
@@ -264,8 +300,7 @@ class Workspace:
         if chunks is None:
             return None
         for chunk in chunks:
-            end = chunk.start_line + chunk.text.count("\n") + 1
-            if chunk.start_line <= line < end:
+            if chunk.start_line <= line < chunk.end_line:
                 return chunk
         return None
 

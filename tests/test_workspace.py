@@ -119,12 +119,15 @@ def test_no_workspace_and_strategy_none_show_only_the_current_file(engine_factor
 
 
 def test_budget_limits_the_material(engine_factory, project):
-    engine = engine_factory(strategy="full", pool_tokens=2048, budget_tokens=40)
+    # The definition of area_of_circle is the first candidate but does not fit; a smaller,
+    # similar chunk does.
+    engine = engine_factory(strategy="full", pool_tokens=2048, budget_tokens=60)
     workspace = open_ready(engine, project)
     suggestion, _ = complete(engine, project)
-    assert 0 < suggestion.metrics.context_tokens <= 40
+    assert 0 < suggestion.metrics.context_tokens <= 60
     material = workspace.material("app.py", APP, len(APP))
-    assert sum(workspace.count_tokens(p.text) for p in material.pieces) <= 40
+    assert sum(workspace.count_tokens(p.text) for p in material.pieces) <= 60
+    assert "def area_of_circle" not in "".join(p.text for p in material.pieces)
 
 
 def test_longcodezip_is_prepared_in_the_background_then_kept_stable(engine_factory, project):
@@ -223,3 +226,43 @@ def test_chunks_edited_recently_in_other_files_are_candidates(engine_factory, pr
     recent = [c for c in found if c.why == "recent"]
     assert [c.chunk.path for c in recent] == ["pkg/http.py"]
     assert "casefold()" in recent[0].chunk.text
+
+
+def test_names_imported_but_not_used_yet_rank_before_similar_code(engine_factory, project):
+    # The cursor sits before the first use of `perimeter_of_circle`, far below the imports: no
+    # name near it points there, only the import does.
+    filler = "".join(f"\n\ndef step_{i}(x):\n    return x + {i}\n" for i in range(12))
+    (project / "pkg" / "shapes.py").write_text(
+        "from pkg.geometry import PI as TAU_HALF, perimeter_of_circle, area_of_circle\n"
+        "from pkg import http\n"
+        f"{filler}\n\n"
+        "def fence(r):\n"
+        "    inner = area_of_circle(r)\n"
+        "    return TAU_HALF * inner\n\n\n"
+        "def rope(r):\n"
+        "    return "
+    )
+    engine = engine_factory(strategy="full", pool_tokens=4096, budget_tokens=4096)
+    workspace = open_ready(engine, project)
+    text = (project / "pkg" / "shapes.py").read_text()
+    found = workspace.candidates("pkg/shapes.py", text, len(text))
+    kinds = [(c.why, c.chunk.path, c.chunk.text.split("(")[0]) for c in found]
+    imported = [k for k in kinds if k[0] == "imported"]
+    assert imported[0] == ("imported", "pkg/geometry.py", "def perimeter_of_circle")
+    assert kinds.index(imported[0]) < min(
+        (i for i, k in enumerate(kinds) if k[0] == "similar"), default=len(kinds)
+    )
+    # A name used near the cursor is a definition candidate already; one used elsewhere
+    # (PI, under its local name) comes after the similar code.
+    assert kinds[0] == ("definition", "pkg/geometry.py", "def area_of_circle")
+    assert kinds[-1] == ("imported", "pkg/geometry.py", '"""Shapes."""\n\nPI = 3.14159\n\n\n')
+
+
+def test_a_definition_candidate_is_the_chunk_that_holds_the_definition(engine_factory, project):
+    engine = engine_factory(strategy="full")
+    workspace = open_ready(engine, project)
+    found = workspace.candidates("app.py", APP, len(APP))
+    definitions = [c.chunk for c in found if c.why == "definition"]
+    assert definitions[0].path == "pkg/geometry.py"
+    assert definitions[0].text.startswith("def area_of_circle(radius):")
+    assert definitions[0].start_line == 5 and definitions[0].end_line == 10
