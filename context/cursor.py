@@ -13,7 +13,11 @@ RequestedMode = Literal["auto", "line", "block"]
 _BLOCK_OPENERS = (":", "{", "(", "[", "=>", "->", " do", " then")
 
 
-def surroundings(text: str, offset: int, lookahead_lines: int = 3) -> Surroundings:
+def surroundings(
+    text: str, offset: int, lookahead_lines: int = 3, tree: Snapshot | None = None
+) -> Surroundings:
+    """The cursor's line and the lines after it; with a syntax tree of `text`, also the
+    indentation of the block the cursor is in."""
     line_start = text.rfind("\n", 0, offset) + 1
     line_end = text.find("\n", offset)
     if line_end < 0:
@@ -28,10 +32,12 @@ def surroundings(text: str, offset: int, lookahead_lines: int = 3) -> Surroundin
     if rest.strip() and not text[line_start:offset].strip():
         # The cursor stands before code on its line: that line is what comes next.
         following.insert(0, text[line_start:line_end])
+    block = tree.block_end(offset) if tree is not None and tree.text == text else None
     return Surroundings(
         line_prefix=text[line_start:offset],
         rest_of_line=rest,
         suffix_lines=tuple(following[:lookahead_lines]),
+        block_indent=block.indent if block is not None else None,
     )
 
 

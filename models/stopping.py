@@ -18,6 +18,9 @@ class Surroundings:
     line_prefix: str  # current line, up to the cursor
     rest_of_line: str  # current line, after the cursor
     suffix_lines: tuple[str, ...]  # the next few non-blank lines after the cursor's line
+    # The indentation of the body of the block around the cursor, where a syntax tree knows
+    # it: a completion that has not shown its own yet must stay at least this deep.
+    block_indent: str | None = None
 
 
 @dataclass(frozen=True)
@@ -66,7 +69,8 @@ def _stop_block(text: str, rules: StopRules, *, final: bool = False) -> int | No
 
     Lines are judged once a newline ends them (the last one may still grow) unless `final`.
     Two starts: on a body line (blank or partly typed), the body's indentation is that of its
-    first line and a less indented line ends it; at the end of an opener line (`def f():|`),
+    first line (or, if that holds no code, of the block around the cursor as the syntax tree
+    has it) and a less indented line ends it; at the end of an opener line (`def f():|`),
     the body is everything indented past the opener, and a closing line at the opener's
     indentation (`}`, `end`) is kept as the block's last line.
     """
@@ -77,6 +81,8 @@ def _stop_block(text: str, rules: StopRules, *, final: bool = False) -> int | No
     after_opener = bool(around.line_prefix.strip()) and not lines[0].strip()
     opener_indent = _indent_width(around.line_prefix) if after_opener else None
     body_indent = None if after_opener or not first_full.strip() else _indent_width(first_full)
+    if body_indent is None and not after_opener and around.block_indent is not None:
+        body_indent = _indent_width(around.block_indent)
     limit = rules.max_lines + (1 if after_opener else 0)
     offset = len(lines[0]) + 1
     for count, line in enumerate(judged[1:], start=1):

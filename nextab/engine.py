@@ -217,7 +217,9 @@ class Engine:
         mode = decide_mode(
             text, offset, _requested_mode(request.mode, completion.multiline), tree=tree
         )
-        rules = StopRules(mode=mode, around=surroundings(text, offset), max_lines=completion.max_lines)
+        rules = StopRules(
+            mode=mode, around=surroundings(text, offset, tree=tree), max_lines=completion.max_lines
+        )
         window = cut_window(
             text,
             offset,

@@ -119,6 +119,43 @@ def test_block_from_end_of_opener_line_stops_at_a_dedent():
     assert kept(rules, generated) == "\n    return 1"
 
 
+def _tree(text: str, language: str):
+    from nextab.context.syntax import SyntaxTree
+
+    tree = SyntaxTree.create(text, language)
+    assert tree is not None
+    return tree.snapshot()
+
+
+@pytest.mark.parametrize(
+    ("language", "text", "indent"),
+    [
+        ("python", "def outer():\n    x = 1\n\n    return x\n", "    "),
+        ("javascript", "function outer() {\n  let x = 1;\n\n  return x;\n}\n", "  "),
+    ],
+)
+def test_a_block_started_on_an_unindented_line_keeps_to_the_tree_s_block(language, text, indent):
+    # The cursor is at column 0 of the blank line inside `outer`: the completion's first line
+    # holds no code, so only the tree knows how deep the body is.
+    offset = text.index("\n\n") + 1
+    around_cursor = surroundings(text, offset, tree=_tree(text, language))
+    assert around_cursor.block_indent == indent
+    rules = StopRules("block", around_cursor)
+    generated = f"\n{indent}y = x\nfunction_outside()\n"
+    assert kept(rules, generated) == f"\n{indent}y = x"
+    assert kept(rules, "\nfunction_outside()\n") == ""
+    # Without the tree the first code line sets the depth, and the code outside the block stays.
+    plain = StopRules("block", surroundings(text, offset))
+    assert plain.around.block_indent is None
+    assert kept(plain, "\nfunction_outside()\n") is None
+
+
+def test_surroundings_ignore_a_tree_of_another_text():
+    text = "def outer():\n    x = 1\n"
+    stale = _tree("def outer():\n        x = 1\n", "python")
+    assert surroundings(text, len(text) - 1, tree=stale).block_indent is None
+
+
 # --- finalize: line mode -------------------------------------------------------------------
 
 

@@ -8,7 +8,7 @@ import random
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tree_sitter import Point
+from tree_sitter import Point, Tree
 
 from nextab.context.cursor import decide_mode
 from nextab.context.document import Document, Position, Range
@@ -289,10 +289,14 @@ class ReferenceTree:
     def __init__(self, name: str, text: str) -> None:
         self.parser = parser(name)
         self.text = text
-        self.tree = self.parser.parse(text.encode("utf-8"))
+        # Parsed on first read, as SyntaxTree does: edits before it need no tree.
+        self.tree: Tree | None = None
 
     def edit(self, start: int, end: int, inserted: str) -> None:
         new = self.text[:start] + inserted + self.text[end:]
+        if self.tree is None:
+            self.text = new
+            return
 
         def point(text: str, offset: int) -> Point:
             lines = text[:offset].encode("utf-8").split(b"\n")
@@ -309,7 +313,9 @@ class ReferenceTree:
         self.text = new
 
     def parse(self):
-        self.tree = self.parser.parse(self.text.encode("utf-8"), self.tree)
+        source = self.text.encode("utf-8")
+        old = self.tree
+        self.tree = self.parser.parse(source) if old is None else self.parser.parse(source, old)
         return self.tree
 
 
