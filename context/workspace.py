@@ -4,8 +4,8 @@ The engine asks `material()` on every request; it answers from what is already p
 running the model, so the keystroke path stays lean. Preparing (retrieval, and compression with
 the model as scorer) happens in `prepare()`, which the engine runs in the background when the
 cursor reaches a new place, or directly where latency does not matter (benchmarks, batch).
-While the cursor stays in one place the material does not change, so the prompt's prefix, and
-its KV cache, survive the keystrokes there.
+While the cursor stays in one place, and no other file changes, the material does not change,
+so the prompt's prefix, and its KV cache, survive the keystrokes there.
 """
 
 from __future__ import annotations
@@ -84,6 +84,10 @@ class Workspace:
             root=self.root,
         )
         self._chunks: dict[str, list[Chunk]] = {}
+        # Changes seen, in all and per file: a place's material is made again once another
+        # file has changed, but not for changes to its own file (the developer typing there).
+        self._changes = 0
+        self._changes_of: dict[str, int] = {}
         self._lock = threading.Lock()
         self._ready: dict[str, Material] = {}
         self._wanted: dict[str, tuple[tuple[object, ...], str, int]] = {}
@@ -133,6 +137,8 @@ class Workspace:
         chunks = split_functions(path, text, language) if text is not None else []
         with self._lock:
             self._chunks[path] = chunks
+            self._changes += 1
+            self._changes_of[path] = self._changes_of.get(path, 0) + 1
         self.similar.set_file(
             path,
             [Passage(path, c.start_line, c.end_line, c.text) for c in chunks],
@@ -143,9 +149,12 @@ class Workspace:
     # -- material -----------------------------------------------------------------------------
 
     def place_key(self, path: str, text: str, offset: int) -> tuple[object, ...]:
+        """What the material depends on: the place, the settings, and the other files."""
         line = text.count("\n", 0, offset)
+        with self._lock:
+            elsewhere = self._changes - self._changes_of.get(path, 0)
         return (path, line // PLACE_LINES, self.settings.strategy, self.settings.budget_tokens,
-                self.settings.pool_tokens)
+                self.settings.pool_tokens, elsewhere)
 
     def material(self, path: str, text: str, offset: int) -> Material:
         """What is prepared for this place, or the last material of the file while the new one

@@ -266,3 +266,20 @@ def test_a_definition_candidate_is_the_chunk_that_holds_the_definition(engine_fa
     assert definitions[0].path == "pkg/geometry.py"
     assert definitions[0].text.startswith("def area_of_circle(radius):")
     assert definitions[0].start_line == 5 and definitions[0].end_line == 10
+
+
+def test_material_follows_changes_to_other_files_but_not_to_its_own(engine_factory, project):
+    engine = engine_factory(strategy="full", pool_tokens=2048, budget_tokens=2048)
+    workspace = open_ready(engine, project)
+    first = workspace.material("app.py", APP, len(APP))
+    assert "return PI * radius ** 2" in "".join(p.text for p in first.pieces)
+    # Typing in the current file (the server re-indexes its buffer) keeps the material, and
+    # with it the prompt's prefix.
+    typed = APP + "r"
+    workspace.open_document("app.py", typed)
+    assert workspace.material("app.py", typed, len(typed)) is first
+    # Another file changed (in an editor buffer, or on disk): the material is made again.
+    workspace.open_document("pkg/geometry.py", GEOMETRY.replace("PI * radius ** 2", "PI * r2"))
+    again = workspace.material("app.py", typed, len(typed))
+    shown = "".join(p.text for p in again.pieces)
+    assert "return PI * r2" in shown and "return PI * radius ** 2" not in shown
