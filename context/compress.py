@@ -45,6 +45,7 @@ from typing import Generic, Literal, Protocol, TypeVar
 import numpy as np
 from tree_sitter import Node
 
+from nextab.context.document import split_lines
 from nextab.context.languages import parser, spec_for
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ class Scorer(Protocol):
         ...
 
     def line_nll_batch(self, pairs: Sequence[tuple[str, str]]) -> list[list[float]]:
-        """Per line of each text (`str.splitlines`), the mean NLL of the tokens that start on
+        """Per line of each text (split at "\\n" only), the mean NLL of the tokens that start on
         it, given the context and the lines before; NaN for lines with no tokens of their own
         or only whitespace. Pairs of (text, context)."""
         ...
@@ -221,7 +222,7 @@ def split_functions(path: str, text: str, language_id: str | None = None) -> lis
     if "\x00" in text:
         log.info("not chunking %s: binary content", path)
         return []
-    lines = text.splitlines(keepends=True)
+    lines = split_lines(text)
     if not lines:
         return []
     spec = spec_for(path, language_id)
@@ -680,7 +681,7 @@ class Compressor:
 
     def _compress_function(self, chunk: Chunk, query: str, budget: int, run: _Run) -> str | None:
         """The chunk cut down to `budget` tokens, or None if even its header does not fit."""
-        lines = chunk.text.splitlines(keepends=True)
+        lines = split_lines(chunk.text)
         (nlls,) = self._line_nlls([chunk.text], "", run)
         if len(nlls) != len(lines):  # a scorer that disagrees on lines: segment nothing
             nlls = (math.nan,) * len(lines)

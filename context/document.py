@@ -159,6 +159,16 @@ class Document:
             self.version = version
 
 
+def split_lines(text: str) -> list[str]:
+    """Lines with their "\\n", as editors and tree-sitter count them (str.splitlines also
+    splits at \\f, \\x1c, U+2028 and others, which would shift every line after one)."""
+    parts = text.split("\n")
+    lines = [p + "\n" for p in parts[:-1]]
+    if parts[-1]:
+        lines.append(parts[-1])
+    return lines
+
+
 def _line_starts(text: str) -> list[int]:
     starts = [0]
     find = text.find

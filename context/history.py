@@ -27,6 +27,8 @@ from urllib.parse import unquote, urlsplit
 
 import msgpack
 
+from nextab.context.document import split_lines
+
 log = logging.getLogger(__name__)
 
 FORMAT = "nextab.edit-history"
@@ -446,15 +448,6 @@ def _tail(text: str, pos: int, lines: int, cap: int) -> tuple[str, bool]:
 # -- diffs -------------------------------------------------------------------------------------
 
 
-def _lines(text: str) -> list[str]:
-    """Lines with their "\\n" (not str.splitlines, which also splits at \\f, \\x1c, U+2028...)."""
-    parts = text.split("\n")
-    lines = [p + "\n" for p in parts[:-1]]
-    if parts[-1]:
-        lines.append(parts[-1])
-    return lines
-
-
 def _range(start: int, count: int) -> str:
     """A hunk range as `diff -u` writes it, from a 0-based start."""
     if count == 1:
@@ -471,8 +464,8 @@ def _hunk_line(sign: str, line: str, clipped: bool) -> str:
 
 
 def _hunks(edit: Edit, context: int) -> str:
-    a = _lines(edit.head + edit.old + edit.tail)
-    b = _lines(edit.head + edit.new + edit.tail)
+    a = split_lines(edit.head + edit.old + edit.tail)
+    b = split_lines(edit.head + edit.new + edit.tail)
     first = edit.first_line
     out: list[str] = []
     matcher = SequenceMatcher(None, a, b, autojunk=False)

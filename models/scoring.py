@@ -116,7 +116,10 @@ class BackendScorer:
         return ids[-self.max_context_tokens :] if self.max_context_tokens > 0 else []
 
     def _per_line(self, text: str, ids: Sequence[int], logprobs: np.ndarray) -> list[float]:
-        lines = text.splitlines()
+        # "\n" only, as the chunks' lines are split (str.splitlines also splits at \f...).
+        lines = text.split("\n")
+        if text.endswith("\n"):
+            lines.pop()
         sums = [0.0] * len(lines)
         counts = [0] * len(lines)
         line = 0

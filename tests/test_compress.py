@@ -24,6 +24,7 @@ from nextab.context.compress import (
     spike_threshold,
     split_functions,
 )
+from nextab.context.symbols import extract
 
 # ---------------------------------------------------------------------------------------------
 # A scorer whose behaviour is known: identifiers stand in for what a model would predict.
@@ -254,6 +255,18 @@ def test_plain_text_splits_on_top_level_paragraphs() -> None:
 def test_chunking_rejects_binary_and_empty_text() -> None:
     assert split_functions("x.py", "a = 1\x00\n") == []
     assert split_functions("x.py", "") == []
+
+
+@pytest.mark.parametrize("odd", ["\x0c", "\u2028", "\x1c", "\r"])
+def test_chunks_count_lines_as_the_tree_does(odd: str) -> None:
+    # Form feeds (old GNU and stdlib code) and other characters str.splitlines breaks at
+    # must not shift the chunks off their definitions.
+    text = f"import os\n{odd}\ndef a():\n    return 1  # {odd}\n\n\ndef b():\n    return 2\n"
+    chunks = split_functions("x.py", text)
+    assert "".join(c.text for c in chunks) == text
+    definitions = {d.name: d.start_line for d in extract(text, "python").definitions}
+    starts = {c.text.split("(")[0]: c.start_line for c in chunks}
+    assert starts["def a"] == definitions["a"] and starts["def b"] == definitions["b"]
 
 
 def test_duplicate_titles_get_distinct_keys() -> None:
