@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from typing import Generic, Literal, Protocol, TypeVar
 
 import numpy as np
-from tree_sitter import Node
+from tree_sitter import Node, Tree
 
 from nextab.context.document import split_lines
 from nextab.context.languages import parser, spec_for
@@ -211,13 +211,17 @@ def _plain_starts(lines: Sequence[str]) -> list[_Start]:
     return starts
 
 
-def split_functions(path: str, text: str, language_id: str | None = None) -> list[Chunk]:
+def split_functions(
+    path: str, text: str, language_id: str | None = None, tree: Tree | None = None
+) -> list[Chunk]:
     """A file's text as function-level chunks that together spell the whole text, in order.
 
     With a tree-sitter grammar: top-level definitions, the methods of classes (impls,
     namespaces, ...) separately, leading comments attached to what they document, and other
     top-level lines grouped with the chunk before them. Without one: blank-line paragraphs
-    that start at column 0.
+    that start at column 0. `tree`, the text's tree in that grammar where the caller has it,
+    saves parsing again (only its rows are read, so how lone surrogates were encoded does
+    not matter).
     """
     if "\x00" in text:
         log.info("not chunking %s: binary content", path)
@@ -229,7 +233,8 @@ def split_functions(path: str, text: str, language_id: str | None = None) -> lis
     ts_parser = parser(spec.name) if spec else None
     starts = None
     if ts_parser is not None:
-        tree = ts_parser.parse(text.encode("utf-8", "surrogatepass"))
+        if tree is None:
+            tree = ts_parser.parse(text.encode("utf-8", "surrogatepass"))
         starts = _tree_starts(tree.root_node, lines)
     if not starts:
         starts = _plain_starts(lines)

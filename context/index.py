@@ -31,10 +31,18 @@ from urllib.parse import unquote, urlparse
 
 import msgpack
 from pathspec import GitIgnoreSpec
+from tree_sitter import Tree
 
 from nextab.context.imports import ImportResolver
 from nextab.context.languages import spec_for, spec_named
-from nextab.context.symbols import Definition, FileSymbols, Import, extract, extractor_version
+from nextab.context.symbols import (
+    Definition,
+    FileSymbols,
+    Import,
+    extractor_version,
+    parse,
+    symbols_of_tree,
+)
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +68,8 @@ PLAIN_CODE_EXTENSIONS = frozenset({
 
 ProgressFn = Callable[[int, int, str], None]
 # (path, text or None when the file is gone, language name or None)
-ChangeFn = Callable[[str, str | None, str | None], None]
+# (path, text or None when gone, language, the text's tree when the index parsed it)
+ChangeFn = Callable[[str, str | None, str | None, Tree | None], None]
 
 
 @dataclass(frozen=True)
@@ -149,6 +158,14 @@ class Unreadable(Exception):
 
 
 # --- paths and ignore rules ---------------------------------------------------------------------
+
+
+def _symbols(text: str, language: str) -> tuple[FileSymbols, Tree | None]:
+    """The file's symbols and its tree, which listeners reuse instead of parsing again."""
+    tree = parse(text, language)
+    if tree is None:
+        return FileSymbols(language, (), ()), None
+    return symbols_of_tree(tree, text, language), tree
 
 
 def relative_path(root: Path, path: str | os.PathLike[str]) -> str | None:
@@ -543,17 +560,17 @@ class WorkspaceIndex:
         if key is None or not key:
             return
         spec = spec_for(key)
-        symbols = None
+        symbols, tree = None, None
         if spec is not None:
             if len(text) > self.limits.max_file_bytes:
                 log.info("not indexing the buffer of %s: larger than max_file_bytes", key)
             else:
-                symbols = extract(text, spec.name)
+                symbols, tree = _symbols(text, spec.name)
         entry = IndexedFile(key, spec.name if spec else None, len(text), 0, symbols, True)
         with self._lock:
             self._buffers[key] = (text, entry)
             self._set_effective(key)
-        self._notify(key, text, entry.language)
+        self._notify(key, text, entry.language, tree)
 
     def close_text(self, path: str) -> None:
         """The buffer was closed: the file on disk counts again."""
@@ -635,7 +652,7 @@ class WorkspaceIndex:
             self._count_skip("huge", key)
             return self.remove_file(key) if current is not None else False
         try:
-            entry, text = self._load(key, size, mtime_ns, stored)
+            entry, text, tree = self._load(key, size, mtime_ns, stored)
         except (OSError, Unreadable) as exc:
             self._count_skip(str(exc) if isinstance(exc, Unreadable) else "unreadable", key)
             return self.remove_file(key) if current is not None else False
@@ -645,12 +662,12 @@ class WorkspaceIndex:
             self._set_effective(key)
             buffered = key in self._buffers
         if not buffered:
-            self._notify(key, text, entry.language)
+            self._notify(key, text, entry.language, tree)
         return True
 
     def _load(
         self, key: str, size: int, mtime_ns: int, stored: IndexedFile | None
-    ) -> tuple[IndexedFile, str | None]:
+    ) -> tuple[IndexedFile, str | None, Tree | None]:
         reuse = stored is not None and (stored.size, stored.mtime_ns) == (size, mtime_ns)
         # The text is read for a reused entry only when someone listens for it.
         text = None
@@ -660,15 +677,15 @@ class WorkspaceIndex:
             assert stored is not None
             with self._lock:
                 self._counters.reused += 1
-            return stored, text
+            return stored, text, None
         assert text is not None
         spec = spec_for(key)
-        symbols = None
+        symbols, tree = None, None
         if spec is not None:
-            symbols = extract(text, spec.name)
+            symbols, tree = _symbols(text, spec.name)
             with self._lock:
                 self._counters.parsed += 1
-        return IndexedFile(key, spec.name if spec else None, size, mtime_ns, symbols), text
+        return IndexedFile(key, spec.name if spec else None, size, mtime_ns, symbols), text, tree
 
     def _count_skip(self, reason: str, key: str) -> None:
         log.debug("not indexing %s: %s", key, reason)
@@ -704,11 +721,13 @@ class WorkspaceIndex:
         for d in new.definitions:
             self._by_name.setdefault(d.name, {})[key] = None
 
-    def _notify(self, key: str, text: str | None, language: str | None) -> None:
+    def _notify(
+        self, key: str, text: str | None, language: str | None, tree: Tree | None = None
+    ) -> None:
         if self.on_change is None:
             return
         try:
-            self.on_change(key, text, language)
+            self.on_change(key, text, language, tree)
         except Exception:  # a listener's bug must not stop indexing
             log.exception("index change listener failed for %s", key)
 

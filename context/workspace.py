@@ -20,6 +20,8 @@ from dataclasses import replace
 from pathlib import Path
 from urllib.parse import unquote
 
+from tree_sitter import Tree
+
 from nextab.config import ContextConfig
 from nextab.context.compress import Chunk, Compressor, Scorer, split_functions
 from nextab.context.history import EditHistory
@@ -133,8 +135,10 @@ class Workspace:
     def close_document(self, path: str) -> None:
         self.index.close_text(path)
 
-    def _file_changed(self, path: str, text: str | None, language: str | None) -> None:
-        chunks = split_functions(path, text, language) if text is not None else []
+    def _file_changed(
+        self, path: str, text: str | None, language: str | None, tree: Tree | None = None
+    ) -> None:
+        chunks = split_functions(path, text, language, tree) if text is not None else []
         with self._lock:
             self._chunks[path] = chunks
             self._changes += 1

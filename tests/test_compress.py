@@ -437,3 +437,12 @@ def test_pipeline_with_the_tiny_model(tiny_backend, stdlib_chunks: list[Chunk]) 
     again = compressor.compress(stdlib_chunks, query, budget)
     assert again.model_calls == 0
     assert [k.text for k in again.kept] == [k.text for k in result.kept]
+
+
+def test_chunking_with_the_caller_s_tree_equals_chunking_alone() -> None:
+    from nextab.context.symbols import parse
+
+    text = PY + "\n\nclass Late:\n    def m(self):\n        return '\udcff'\n"
+    tree = parse(text, "python")
+    assert tree is not None
+    assert split_functions("m.py", text, "python", tree) == split_functions("m.py", text, "python")
