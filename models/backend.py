@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -61,7 +61,10 @@ class Backend(Protocol):
         ...
 
     def token_logprobs(
-        self, sequences: Sequence[Sequence[int]], starts: Sequence[int]
+        self,
+        sequences: Sequence[Sequence[int]],
+        starts: Sequence[int],
+        should_stop: Callable[[], bool] | None = None,
     ) -> list[np.ndarray]:
         """Log-probability of each token of `sequences[i][starts[i]:]` given the tokens before it.
 
@@ -69,8 +72,14 @@ class Backend(Protocol):
         changed); this is the scoring path for context selection, not for decoding. Each start
         must be at least 1, since the first token has nothing to be predicted from. Returns one
         float32 array of length `len(sequences[i]) - starts[i]` per sequence, on the host.
+        Raises Interrupted when `should_stop()` turns true between two pieces of the work, so
+        that a completion waiting for the model does not wait for a whole long sequence.
         """
         ...
+
+
+class Interrupted(Exception):
+    """A scoring call gave up part-way because its caller asked it to stop."""
 
 
 def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -26,6 +26,8 @@ class BackendScorer:
 
     batch_size          sequences per backend call (sorted by length, so little padding)
     max_context_tokens  a longer context keeps only its end, the part next to the target
+    should_stop         asked inside long backend calls; when it turns true they raise
+                        nextab.models.backend.Interrupted
     """
 
     def __init__(
@@ -34,8 +36,10 @@ class BackendScorer:
         batch_size: int = 4,
         max_context_tokens: int = 2048,
         token_cache: int = 8192,
+        should_stop: Callable[[], bool] | None = None,
     ) -> None:
         self.backend = backend
+        self.should_stop = should_stop
         self.batch_size = max(1, batch_size)
         self.max_context_tokens = max_context_tokens
         self._start = _document_start(backend)
@@ -102,7 +106,7 @@ class BackendScorer:
         for begin in range(0, len(todo), self.batch_size):
             group = todo[begin : begin + self.batch_size]
             results = self.backend.token_logprobs(
-                [sequences[i] for i in group], [starts[i] for i in group]
+                [sequences[i] for i in group], [starts[i] for i in group], self.should_stop
             )
             for i, lp in zip(group, results, strict=True):
                 skipped = starts[i] - prefixes[i]  # 1 when nothing precedes the target

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreTrainedTokenizerBase
 
-from nextab.models.backend import ModelInfo
+from nextab.models.backend import Interrupted, ModelInfo
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +153,8 @@ class TorchBackend:
         self,
         sequences: Sequence[Sequence[int]],
         starts: Sequence[int],
-        chunk: int = 256,
+        should_stop: Callable[[], bool] | None = None,
+        chunk: int = 128,
         head_rows: int = 128,
     ) -> list[np.ndarray]:
         check_scoring_args(sequences, starts)
@@ -177,6 +178,10 @@ class TorchBackend:
         cache = DynamicCache(config=self.model.config)
         pieces: list[list[torch.Tensor]] = [[] for _ in sequences]
         for begin in range(0, width, chunk):
+            # Between pieces, not inside one: a piece of `chunk` tokens takes about a second
+            # on a CPU, the longest a completion waits for scoring to give the model back.
+            if begin and should_stop is not None and should_stop():
+                raise Interrupted
             end = min(begin + chunk, width)
             positions = torch.arange(begin, end, device=self.device)
             hidden = decoder(

@@ -14,7 +14,8 @@ import threading
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -26,7 +27,7 @@ from nextab.context.document import Document
 from nextab.context.repository import Material
 from nextab.context.syntax import Snapshot
 from nextab.context.window import WindowLimits, cut_window
-from nextab.models.backend import Backend, KVCache
+from nextab.models.backend import Backend, Interrupted, KVCache
 from nextab.models.decoding import (
     NEVER_CANCELLED,
     CancelToken,
@@ -140,7 +141,7 @@ class Engine:
             store_dir = workspace_store(root)
 
         self.close_workspace()
-        scorer = _LockedScorer(BackendScorer(self.backend), self)
+        scorer = _LockedScorer(BackendScorer(self.backend, should_stop=self._should_yield), self)
         self.workspace = Workspace(
             root,
             self._workspace_settings(self.config.context),
@@ -345,12 +346,22 @@ class _LockedScorer:
         return self._scorer.count_tokens(text)  # the tokenizer is thread-safe and model-free
 
     def nll_batch(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
-        with self._engine._lock:
+        with self._engine._lock, _cancelled_when_interrupted():
             return self._scorer.nll_batch(pairs)
 
     def line_nll_batch(self, pairs: Sequence[tuple[str, str]]) -> list[list[float]]:
-        with self._engine._lock:
+        with self._engine._lock, _cancelled_when_interrupted():
             return self._scorer.line_nll_batch(pairs)
+
+
+@contextmanager
+def _cancelled_when_interrupted() -> Iterator[None]:
+    # A scoring call that gave the model up to a completion ends the compression run; what
+    # was scored before it stays cached for the next run.
+    try:
+        yield
+    except Interrupted as exc:
+        raise CompressionCancelled from exc
 
 
 def _requested_mode(requested: RequestedMode, multiline: str) -> RequestedMode:

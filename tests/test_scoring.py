@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from nextab.models.backend import Interrupted
 from nextab.models.scoring import BackendScorer
 
 CODE = "def add(a, b):\n    return a + b\n\nfor i in range(10):\n    print(i)\n"
@@ -126,3 +127,37 @@ def test_count_tokens_matches_the_tokenizer(tiny_backend) -> None:
     scorer = BackendScorer(tiny_backend)
     assert scorer.count_tokens(CODE) == len(tiny_backend.tokenize(CODE))
     assert scorer.count_tokens("") == 0
+
+
+def test_a_long_scoring_call_stops_between_pieces_when_asked(tiny_backend) -> None:
+    ids = tiny_backend.tokenize(CODE * 3)
+    asked: list[int] = []
+
+    def stop_after_two_pieces() -> bool:
+        asked.append(1)
+        return len(asked) >= 2
+
+    with pytest.raises(Interrupted):
+        tiny_backend.token_logprobs([ids], [1], stop_after_two_pieces, chunk=8)
+    assert len(asked) == 2  # asked before the second and the third piece, not inside one
+    # Work that fits in one piece is never interrupted: there is no "between".
+    short = ids[:8]
+    assert tiny_backend.token_logprobs([short], [1], lambda: True, chunk=8)[0].shape == (7,)
+
+
+def test_the_engine_s_scorer_gives_the_model_up_to_a_waiting_completion(tiny_backend) -> None:
+    from nextab.config import Config, ContextConfig
+    from nextab.context.compress import CompressionCancelled
+    from nextab.engine import Engine
+
+    engine = Engine(Config(context=ContextConfig(index=False, watch=False)), tiny_backend)
+    workspace = engine.open_workspace(".", store_dir=None, start=False)
+    try:
+        scorer = workspace.compressor.scorer
+        assert scorer.nll_batch([(CODE * 8, "")])[0] > 0
+        engine._waiting = 1  # a completion is queued for the model lock
+        with pytest.raises(CompressionCancelled):
+            scorer.nll_batch([(CODE * 8, "")])
+    finally:
+        engine._waiting = 0
+        engine.close_workspace()
