@@ -2,7 +2,7 @@
 
 Candidates, in rank order (gathered by context/workspace.py): the definitions of names used near
 the cursor (from the workspace index, those in files the current file imports first), names
-imported but not used yet, chunks edited lately, code similar to the code at the cursor (BM25
+imported but not used yet, chunks edited or viewed lately, code similar to the code at the cursor (BM25
 over function-level chunks), then the other imported names. The pool is cut to `pool_tokens`; a strategy brings it
 to `budget_tokens`: LongCodeZip compression with the model as scorer, BM25 rank alone, or rank
 order ("full"). The result is rendered as other files of the repository, most relevant last
@@ -50,7 +50,7 @@ class Material:
 @dataclass(frozen=True)
 class Candidate:
     chunk: Chunk
-    why: str  # "definition" | "imported" | "recent" | "similar"
+    why: str  # "definition" | "imported" | "recent" | "viewed" | "similar"
     bm25: float  # similarity to the query (0 when not retrieved by similarity)
 
 

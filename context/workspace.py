@@ -14,7 +14,7 @@ import logging
 import re
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 PLACE_LINES = 32  # the cursor's place: its file and this many lines around it
 SAVE_INTERVAL_S = 30.0
 RECENT_CHUNKS = 4  # chunks around the latest edits in other files that join the candidates
+VIEWED_CHUNKS = 4  # chunks where the cursor was lately in other files
+VIEWS_KEPT = 64
 # Shown to the model as one more file of the repository, right before the current one.
 RECENT_EDITS_PATH = "recent_edits.diff"
 _WORD = re.compile(r"[A-Za-z_$][A-Za-z0-9_$]*")
@@ -90,6 +92,7 @@ class Workspace:
         # file has changed, but not for changes to its own file (the developer typing there).
         self._changes = 0
         self._changes_of: dict[str, int] = {}
+        self._views: deque[tuple[str, int]] = deque(maxlen=VIEWS_KEPT)  # (path, line), latest last
         self._lock = threading.Lock()
         self._ready: dict[str, Material] = {}
         self._wanted: dict[str, tuple[tuple[object, ...], str, int]] = {}
@@ -166,6 +169,7 @@ class Workspace:
         if self.settings.strategy == "none":
             return Material.empty()
         key = self.place_key(path, text, offset)
+        self._note_view(path, text.count("\n", 0, offset))
         with self._lock:
             ready = self._ready.get(path)
             if ready is not None and ready.key == key:
@@ -175,6 +179,15 @@ class Workspace:
             # No model involved: cheap enough to do right here.
             return self.prepare(path, text, offset)
         return ready or Material.empty(key, self.settings.strategy)
+
+    def _note_view(self, path: str, line: int) -> None:
+        # Requests arrive where the cursor is: the places the developer looked at lately.
+        with self._lock:
+            last = self._views[-1] if self._views else None
+            if last is not None and last[0] == path and abs(last[1] - line) < PLACE_LINES:
+                self._views[-1] = (path, line)
+            else:
+                self._views.append((path, line))
 
     def pending(self) -> bool:
         with self._lock:
@@ -229,13 +242,14 @@ class Workspace:
 
     def candidates(self, path: str, text: str, offset: int) -> list[Candidate]:
         """The pool, in rank order: definitions of names near the cursor; definitions the file
-        imports but does not use yet; chunks edited lately; similar code; then the definitions
-        of the other imported names."""
+        imports but does not use yet; chunks edited lately, then viewed lately, in other files;
+        similar code; then the definitions of the other imported names."""
         unused, used = self._imported(path, text)
         ranked = [
             *self._definitions(path, text, offset),
             *unused,
             *self._recently_edited(path),
+            *self._recently_viewed(path),
             *self._similar(path, text, offset),
             *used,
         ]
@@ -296,6 +310,21 @@ class Workspace:
             chunk = self._chunk_at(edited, edit.line)
             if chunk is not None and all(c.chunk.key != chunk.key for c in found):
                 found.append(Candidate(chunk, "recent", 0.0))
+        return found
+
+    def _recently_viewed(self, path: str) -> list[Candidate]:
+        """The chunks of other files where the cursor was lately, latest first."""
+        with self._lock:
+            views = list(self._views)
+        found: list[Candidate] = []
+        for viewed, line in reversed(views):
+            if len(found) >= VIEWED_CHUNKS:
+                break
+            if viewed == path:
+                continue
+            chunk = self._chunk_at(viewed, line)
+            if chunk is not None and all(c.chunk.key != chunk.key for c in found):
+                found.append(Candidate(chunk, "viewed", 0.0))
         return found
 
     def _similar(self, path: str, text: str, offset: int) -> list[Candidate]:

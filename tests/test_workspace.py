@@ -283,3 +283,19 @@ def test_material_follows_changes_to_other_files_but_not_to_its_own(engine_facto
     again = workspace.material("app.py", typed, len(typed))
     shown = "".join(p.text for p in again.pieces)
     assert "return PI * r2" in shown and "return PI * radius ** 2" not in shown
+
+
+def test_chunks_where_the_cursor_was_in_other_files_are_candidates(engine_factory, project):
+    engine = engine_factory(strategy="full", pool_tokens=2048, budget_tokens=2048)
+    workspace = open_ready(engine, project)
+    text = "x = 1\n"
+    assert not [c for c in workspace.candidates("app.py", text, len(text)) if c.why == "viewed"]
+    # A completion request in pkg/http.py: the developer was looking there.
+    at = UNRELATED.index("name, _")
+    workspace.material("pkg/http.py", UNRELATED, at)
+    workspace.material("app.py", text, len(text))
+    viewed = [c for c in workspace.candidates("app.py", text, len(text)) if c.why == "viewed"]
+    assert [(c.chunk.path, c.chunk.start_line) for c in viewed] == [("pkg/http.py", 0)]
+    # From pkg/http.py, app.py is where the cursor was; its own places are not "elsewhere".
+    back = [c for c in workspace.candidates("pkg/http.py", UNRELATED, at) if c.why == "viewed"]
+    assert [c.chunk.path for c in back] == ["app.py"]
