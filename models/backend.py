@@ -32,6 +32,11 @@ class KVCache(Protocol):
     @property
     def tokens(self) -> Sequence[int]: ...
 
+    @property
+    def tree_size(self) -> int:
+        """Tree nodes held after `tokens` (see Backend.forward_tree); 0 outside lookahead."""
+        ...
+
 
 @runtime_checkable
 class Backend(Protocol):
@@ -57,7 +62,23 @@ class Backend(Protocol):
         ...
 
     def truncate(self, cache: KVCache, length: int) -> None:
-        """Drop everything after the first `length` tokens of `cache`."""
+        """Drop everything after the first `length` tokens of `cache`, tree nodes included."""
+        ...
+
+    def forward_tree(
+        self, cache: KVCache, tokens: Sequence[int], parents: Sequence[int]
+    ) -> np.ndarray:
+        """Next-token logits after each of `tokens`, new nodes of a token tree hanging off the
+        end of `cache`.
+
+        `parents[i]` is the index of token i's parent among the tree's nodes (those added by
+        earlier calls since the tree began, then these, in order), or -1 for a child of the
+        cache's last token. A node attends to the cached tokens and to its own ancestors only,
+        so sibling branches share the cached prefix without copying it: several lookahead
+        branches or beams advance in one batched forward. The nodes stay in the attention
+        cache, outside `cache.tokens`, until the next `forward` or `truncate` drops the tree.
+        Returns float32 logits of shape (len(tokens), vocab), on the host.
+        """
         ...
 
     def token_logprobs(

@@ -54,6 +54,13 @@ def pick_dtype(requested: str, device: str) -> torch.dtype:
 class TorchCache:
     kv: DynamicCache
     tokens: list[int] = field(default_factory=list)
+    # Token-tree nodes in `kv` after `tokens` (Backend.forward_tree): parent and depth of each.
+    tree_parents: list[int] = field(default_factory=list)
+    tree_depths: list[int] = field(default_factory=list)
+
+    @property
+    def tree_size(self) -> int:
+        return len(self.tree_parents)
 
 
 class TorchBackend:
@@ -122,6 +129,7 @@ class TorchBackend:
     def forward(self, cache: TorchCache, tokens: Sequence[int]) -> np.ndarray:
         if not tokens:
             raise ValueError("forward needs at least one new token")
+        self._drop_tree(cache)
         start = len(cache.tokens)
         ids = torch.tensor([list(tokens)], dtype=torch.long, device=self.device)
         positions = torch.arange(start, start + len(tokens), device=self.device)
@@ -136,7 +144,54 @@ class TorchBackend:
         cache.tokens.extend(int(t) for t in tokens)
         return out.logits[0, -1].float().cpu().numpy()
 
+    @torch.inference_mode()
+    def forward_tree(
+        self, cache: TorchCache, tokens: Sequence[int], parents: Sequence[int]
+    ) -> np.ndarray:
+        if not tokens or len(tokens) != len(parents):
+            raise ValueError(f"{len(tokens)} tree tokens with {len(parents)} parents")
+        committed, before = len(cache.tokens), cache.tree_size
+        if not committed:
+            raise ValueError("a token tree needs at least one cached token to hang from")
+        all_parents = [*cache.tree_parents]
+        depths = [*cache.tree_depths]
+        for parent in parents:
+            if not -1 <= parent < len(all_parents):
+                raise ValueError(f"parent {parent} is not an earlier node of the tree")
+            depths.append(0 if parent < 0 else depths[parent] + 1)
+            all_parents.append(parent)
+        count = len(tokens)
+        # Additive mask: the cached tokens and each node's ancestors (and itself) are visible.
+        blocked = torch.finfo(self.model.dtype).min
+        mask = torch.full((count, committed + before + count), blocked, dtype=self.model.dtype)
+        mask[:, :committed] = 0
+        for row in range(count):
+            node = before + row
+            while node >= 0:
+                mask[row, committed + node] = 0
+                node = all_parents[node]
+        slots = torch.arange(committed + before, committed + before + count, device=self.device)
+        positions = torch.tensor(depths[before:], device=self.device) + committed
+        out = self.model(
+            input_ids=torch.tensor([list(tokens)], dtype=torch.long, device=self.device),
+            attention_mask=mask[None, None].to(self.device),
+            past_key_values=cache.kv,
+            use_cache=True,
+            cache_position=slots,
+            position_ids=positions.unsqueeze(0),
+        )
+        cache.tree_parents = all_parents
+        cache.tree_depths = depths
+        return out.logits[0].float().cpu().numpy()
+
+    def _drop_tree(self, cache: TorchCache) -> None:
+        if cache.tree_size:
+            cache.kv.crop(-cache.tree_size)
+            cache.tree_parents.clear()
+            cache.tree_depths.clear()
+
     def truncate(self, cache: TorchCache, length: int) -> None:
+        self._drop_tree(cache)
         if length >= len(cache.tokens):
             return
         if length <= 0:

@@ -567,3 +567,48 @@ def test_healing_picks_the_likeliest_consistent_token(tiny_backend):
     first = tiny_backend.detokenize([wanted[0]])
     pick = Healing(text="ret", token=other).pick(tiny_backend, logits, "ret")
     assert pick == wanted[0] and ("ret".startswith(first) or first.startswith("ret"))
+
+
+# --- token trees (lookahead branches and beams share the cached prefix) ---------------------
+
+
+def test_tree_nodes_see_the_prefix_and_their_ancestors_only(backend) -> None:
+    prompt = backend.tokenize(CODE)
+    a, b, c = backend.tokenize(" x")[0], backend.tokenize(" y")[0], backend.tokenize(" z")[0]
+    cache = backend.new_cache()
+    backend.forward(cache, prompt)
+    # Two branches under the prompt, then one child under each, over two calls.
+    first = backend.forward_tree(cache, [a, b], [-1, -1])
+    second = backend.forward_tree(cache, [c, c], [0, 1])
+    assert cache.tree_size == 4 and list(cache.tokens) == prompt
+    for got, branch in [
+        (first[0], [a]), (first[1], [b]), (second[0], [a, c]), (second[1], [b, c])
+    ]:
+        np.testing.assert_allclose(got, cold_logits(backend, prompt + branch), atol=1e-4)
+    # The next plain forward drops the tree and continues from the committed prompt.
+    after = backend.forward(cache, [b])
+    assert cache.tree_size == 0 and list(cache.tokens) == prompt + [b]
+    np.testing.assert_allclose(after, cold_logits(backend, prompt + [b]), atol=1e-4)
+
+
+def test_truncate_drops_the_tree_too(backend) -> None:
+    prompt = backend.tokenize(CODE)
+    cache = backend.new_cache()
+    backend.forward(cache, prompt)
+    backend.forward_tree(cache, prompt[:3], [-1, 0, 1])
+    backend.truncate(cache, len(prompt) - 2)
+    assert cache.tree_size == 0 and list(cache.tokens) == prompt[:-2]
+    np.testing.assert_allclose(
+        backend.forward(cache, prompt[-2:]), cold_logits(backend, prompt), atol=1e-4
+    )
+
+
+def test_tree_arguments_are_checked(tiny_backend) -> None:
+    cache = tiny_backend.new_cache()
+    with pytest.raises(ValueError):
+        tiny_backend.forward_tree(cache, [1], [-1])  # nothing cached to hang from
+    tiny_backend.forward(cache, [1, 2])
+    with pytest.raises(ValueError):
+        tiny_backend.forward_tree(cache, [3], [0])  # no node 0 yet
+    with pytest.raises(ValueError):
+        tiny_backend.forward_tree(cache, [3, 4], [-1])
