@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -100,6 +101,8 @@ class DecodeResult:
     reused_tokens: int
     prefill_ms: float
     decode_ms: float
+    paused_steps: int = 0  # steps where the strategy looked ahead instead of taking the argmax
+    evaluated_tokens: int = 0  # tokens run through the model after the prompt, lookahead included
 
 
 class Decoder(Protocol):
@@ -139,8 +142,52 @@ def prefill(
     return logits, reused
 
 
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits.astype(np.float64) - float(np.max(logits))
+    return shifted - math.log(float(np.exp(shifted).sum()))
+
+
+def entropy(logits: np.ndarray) -> float:
+    """Shannon entropy, in nats, of the distribution softmax(logits)."""
+    logprobs = log_softmax(logits)
+    return float(-(np.exp(logprobs) * logprobs).sum())
+
+
+@dataclass
+class Run:
+    """One decode call's state, as the strategies see it."""
+
+    backend: Backend
+    cache: KVCache
+    params: DecodeParams
+    cancel: CancelToken
+    healed: str  # the text healing must spell again before the completion proper
+    generated: list[int]
+    paused: int = 0
+    evaluated: int = 0
+
+    def text_with(self, tokens: Sequence[int]) -> str | None:
+        """The completion text after `generated` + `tokens`; None while still healing."""
+        full = self.backend.detokenize([*self.generated, *tokens])
+        return full[len(self.healed) :] if len(full) >= len(self.healed) else None
+
+    def ends(self, tokens: Sequence[int]) -> bool:
+        """Whether generating `tokens` next would finish the completion (end token or rule)."""
+        if tokens and tokens[-1] in self.params.stop_ids:
+            return True
+        text = self.text_with(tokens)
+        check = self.params.stop_check
+        return text is not None and check is not None and check(text) is not None
+
+
 class GreedyDecoder:
-    """Argmax at every step: the baseline strategy, and the one the stop rules are tested on."""
+    """Argmax at every step: the baseline strategy, and the one the stop rules are tested on.
+
+    Subclasses change `choose`, the token taken at a step once healing is done.
+    """
+
+    def choose(self, run: Run, logits: np.ndarray) -> int:
+        return int(np.argmax(logits))
 
     def decode(
         self,
@@ -154,8 +201,9 @@ class GreedyDecoder:
         started = time.perf_counter()
         logits, reused = prefill(backend, cache, prompt, cancel, params.prefill_chunk)
         prefilled = time.perf_counter()
-        generated: list[int] = []
         healed = healing.text if healing else ""
+        run = Run(backend, cache, params, cancel, healed, [])
+        generated = run.generated
         full = ""  # everything generated, healed text included
         text = ""
         reason = "length"
@@ -163,7 +211,7 @@ class GreedyDecoder:
             if healing and len(full) < len(healed):
                 token = healing.pick(backend, logits, healed[len(full) :])
             else:
-                token = int(np.argmax(logits))
+                token = self.choose(run, logits)
             if token in params.stop_ids:
                 reason = "eos"
                 break
@@ -172,6 +220,7 @@ class GreedyDecoder:
             if len(full) < len(healed):
                 cancel.check()
                 logits = backend.forward(cache, [token])
+                run.evaluated += 1
                 continue
             text = full[len(healed) :]
             if params.stop_check is not None:
@@ -184,6 +233,7 @@ class GreedyDecoder:
                 break
             cancel.check()
             logits = backend.forward(cache, [token])
+            run.evaluated += 1
         finished = time.perf_counter()
         return DecodeResult(
             tokens=tuple(generated),
@@ -193,14 +243,215 @@ class GreedyDecoder:
             reused_tokens=reused,
             prefill_ms=(prefilled - started) * 1000,
             decode_ms=(finished - prefilled) * 1000,
+            paused_steps=run.paused,
+            evaluated_tokens=run.evaluated,
         )
 
 
-DECODERS: dict[str, Callable[[], Decoder]] = {"greedy": GreedyDecoder}
+@dataclass(frozen=True)
+class Lookahead:
+    """A candidate next token and how its greedy continuation scored."""
+
+    token: int
+    continuation: tuple[int, ...]
+    logprobs: tuple[float, ...]  # of the token, then of each continuation token
+
+    @property
+    def score(self) -> float:
+        # The AdaDec paper's lookahead score: mean log-probability of the candidate and its
+        # lookahead, so that a branch that ends early is not favoured for being short.
+        return sum(self.logprobs) / len(self.logprobs)
 
 
-def make_decoder(name: str) -> Decoder:
-    try:
-        return DECODERS[name]()
-    except KeyError:
-        raise ValueError(f"unknown decoding strategy {name!r}; known: {', '.join(DECODERS)}") from None
+def look_ahead(run: Run, logits: np.ndarray, top_k: int, length: int) -> list[Lookahead]:
+    """Roll out `length` greedy tokens after each of the `top_k` likeliest next tokens.
+
+    All branches advance together: one batched forward per step over a token tree that hangs
+    off the cached text, so the prompt is never encoded again. A branch stops early where the
+    completion would end (an end token, or the stop rules firing on its text).
+    """
+    logprobs = log_softmax(logits)
+    candidates = [int(t) for t in np.argsort(-logprobs, kind="stable")[:top_k]]
+    branches = [[c] for c in candidates]
+    scores = [[float(logprobs[c])] for c in candidates]
+    alive = [not run.ends([c]) for c in candidates]
+    node = list(range(len(candidates)))  # each branch's last node in the tree
+    feed = [(i, c, -1) for i, c in enumerate(candidates) if alive[i]]
+    tree_size = 0
+    for _ in range(length):
+        if not feed:
+            break
+        run.cancel.check()
+        out = run.backend.forward_tree(
+            run.cache, [token for _, token, _ in feed], [parent for _, _, parent in feed]
+        )
+        run.evaluated += len(feed)
+        rows = {i: row for row, (i, _, _) in enumerate(feed)}
+        for i, _, _ in feed:
+            node[i] = tree_size + rows[i]
+        tree_size += len(feed)
+        feed = []
+        for i, row in rows.items():
+            step = log_softmax(out[row])
+            token = int(np.argmax(step))
+            branches[i].append(token)
+            scores[i].append(float(step[token]))
+            if run.ends(branches[i]):
+                alive[i] = False
+            elif len(scores[i]) <= length:
+                feed.append((i, token, node[i]))
+    return [
+        Lookahead(c, tuple(b[1:]), tuple(lp))
+        for c, b, lp in zip(candidates, branches, scores, strict=True)
+    ]
+
+
+class AdaDecDecoder(GreedyDecoder):
+    """Greedy, except at uncertain steps: where the next-token entropy passes `threshold`
+    (nats, learned per model by `nextab calibrate`), pause, roll out `lookahead` greedy tokens
+    after each of the `top_k` likeliest tokens, and take the one whose branch scores best."""
+
+    def __init__(self, threshold: float, top_k: int = 3, lookahead: int = 5) -> None:
+        if top_k < 1 or lookahead < 1:
+            raise ValueError("AdaDec needs top_k >= 1 and lookahead >= 1")
+        self.threshold = threshold
+        self.top_k = top_k
+        self.lookahead = lookahead
+
+    def choose(self, run: Run, logits: np.ndarray) -> int:
+        if self.top_k == 1 or entropy(logits) <= self.threshold:
+            return int(np.argmax(logits))
+        run.paused += 1
+        branches = look_ahead(run, logits, self.top_k, self.lookahead)
+        # max() keeps the first of equal scores: the likelier candidate wins a tie.
+        return max(branches, key=lambda b: b.score).token
+
+
+@dataclass(frozen=True)
+class _Beam:
+    tokens: tuple[int, ...]
+    logprobs: tuple[float, ...]
+    node: int  # its last token's node in the token tree; -1 before the first step
+
+    @property
+    def score(self) -> float:
+        return sum(self.logprobs) / len(self.logprobs) if self.logprobs else 0.0
+
+
+class BeamDecoder:
+    """Beam search with `width` beams, ranked by the lookahead's score (mean log-probability):
+    the baseline AdaDec is measured against. Every step is a batched forward of the beams over
+    a token tree that hangs off the cached prompt, as AdaDec's lookahead is."""
+
+    def __init__(self, width: int = 3) -> None:
+        if width < 1:
+            raise ValueError("beam search needs width >= 1")
+        self.width = width
+
+    def decode(
+        self,
+        backend: Backend,
+        cache: KVCache,
+        prompt: Sequence[int],
+        params: DecodeParams,
+        cancel: CancelToken,
+        healing: Healing | None = None,
+    ) -> DecodeResult:
+        started = time.perf_counter()
+        logits, reused = prefill(backend, cache, prompt, cancel, params.prefill_chunk)
+        prefilled = time.perf_counter()
+        run = Run(backend, cache, params, cancel, healing.text if healing else "", [])
+        logits, ended = _heal(run, logits, healing)
+        best = self._search(run, logits) if not ended else _Beam((), (), -1)
+        backend.truncate(cache, len(prompt) + len(run.generated))  # the tree goes
+        tokens = [*run.generated, *best.tokens]
+        reason = "length"
+        if ended or (best.tokens and best.tokens[-1] in params.stop_ids):
+            reason = "eos"
+            tokens = tokens[:-1] if best.tokens else tokens
+        text = run.text_with(tokens[len(run.generated) :]) or ""
+        keep = params.stop_check(text) if params.stop_check is not None else None
+        if keep is not None and reason == "length":
+            text, reason = text[:keep], "stop"
+        return DecodeResult(
+            tokens=tuple(tokens),
+            text=text,
+            stop_reason=reason,
+            prompt_tokens=len(prompt),
+            reused_tokens=reused,
+            prefill_ms=(prefilled - started) * 1000,
+            decode_ms=(time.perf_counter() - prefilled) * 1000,
+            paused_steps=run.paused,
+            evaluated_tokens=run.evaluated,
+        )
+
+    def _search(self, run: Run, logits: np.ndarray) -> _Beam:
+        alive = [_Beam((), (), -1)]
+        outputs = [logits]
+        done: list[_Beam] = []
+        tree_size = 0
+        steps = run.params.max_tokens - len(run.generated)
+        for depth in range(steps):
+            run.paused += 1
+            grown = []
+            for beam, out in zip(alive, outputs, strict=True):
+                step = log_softmax(out)
+                for token in np.argsort(-step, kind="stable")[: self.width]:
+                    grown.append(
+                        _Beam((*beam.tokens, int(token)), (*beam.logprobs, float(step[token])),
+                              beam.node)
+                    )
+            grown.sort(key=lambda b: -b.score)
+            alive = []
+            for beam in grown:
+                if len(alive) == self.width:
+                    break
+                (done if run.ends(beam.tokens) else alive).append(beam)
+            if len(done) >= self.width:
+                # Enough finished hypotheses: the unfinished ones are not candidates.
+                return max(done, key=lambda b: b.score)
+            if not alive or depth == steps - 1:
+                break
+            run.cancel.check()
+            out = run.backend.forward_tree(
+                run.cache, [b.tokens[-1] for b in alive], [b.node for b in alive]
+            )
+            run.evaluated += len(alive)
+            alive = [
+                _Beam(b.tokens, b.logprobs, tree_size + row) for row, b in enumerate(alive)
+            ]
+            tree_size += len(alive)
+            outputs = list(out)
+        return max([*done, *alive], key=lambda b: b.score)
+
+
+def _heal(run: Run, logits: np.ndarray, healing: Healing | None) -> tuple[np.ndarray, bool]:
+    """Generate greedily until the healed text is spelled again; True if an end token came."""
+    if healing is None:
+        return logits, False
+    while len(run.generated) < run.params.max_tokens and run.text_with([]) is None:
+        token = healing.pick(run.backend, logits, run.healed[len(run.backend.detokenize(run.generated)) :])
+        if token in run.params.stop_ids:
+            return logits, True
+        run.generated.append(token)
+        run.cancel.check()
+        logits = run.backend.forward(run.cache, [token])
+        run.evaluated += 1
+    return logits, False
+
+
+DECODERS = ("greedy", "adadec", "beam")
+
+
+def make_decoder(
+    name: str, *, threshold: float = math.inf, top_k: int = 3, lookahead: int = 5
+) -> Decoder:
+    """A decoding strategy by name. `top_k` is AdaDec's candidates and beam search's width,
+    so that the two are compared at the same k; `threshold` is AdaDec's entropy threshold."""
+    if name == "greedy":
+        return GreedyDecoder()
+    if name == "adadec":
+        return AdaDecDecoder(threshold, top_k, lookahead)
+    if name == "beam":
+        return BeamDecoder(top_k)
+    raise ValueError(f"unknown decoding strategy {name!r}; known: {', '.join(DECODERS)}")

@@ -11,10 +11,14 @@ import torch
 
 from nextab.models.decoding import (
     NEVER_CANCELLED,
+    AdaDecDecoder,
+    BeamDecoder,
     Cancelled,
     CancelToken,
     DecodeParams,
     GreedyDecoder,
+    entropy,
+    log_softmax,
     make_decoder,
     prefill,
 )
@@ -90,6 +94,7 @@ class Wrapped:
         self.info = inner.info
         self.hook = hook
         self.calls: list[int] = []  # number of tokens of each forward
+        self.tree_calls: list[int] = []  # and of each forward_tree
 
     def tokenize(self, text):
         return self.inner.tokenize(text)
@@ -110,6 +115,10 @@ class Wrapped:
         self.calls.append(len(tokens))
         self.hook(len(self.calls), tokens)
         return self.inner.forward(cache, tokens)
+
+    def forward_tree(self, cache, tokens, parents):
+        self.tree_calls.append(len(tokens))
+        return self.inner.forward_tree(cache, tokens, parents)
 
 
 # --- prefill ------------------------------------------------------------------------------
@@ -498,12 +507,6 @@ def test_cancelled_mid_generation_by_the_backend(lively):
     assert len(wrapped.calls) == 5
 
 
-def test_make_decoder():
-    assert isinstance(make_decoder("greedy"), GreedyDecoder)
-    with pytest.raises(ValueError, match="greedy"):
-        make_decoder("beam")
-
-
 # --- token healing ---------------------------------------------------------------------------
 
 
@@ -587,8 +590,8 @@ def test_tree_nodes_see_the_prefix_and_their_ancestors_only(backend) -> None:
         np.testing.assert_allclose(got, cold_logits(backend, prompt + branch), atol=1e-4)
     # The next plain forward drops the tree and continues from the committed prompt.
     after = backend.forward(cache, [b])
-    assert cache.tree_size == 0 and list(cache.tokens) == prompt + [b]
-    np.testing.assert_allclose(after, cold_logits(backend, prompt + [b]), atol=1e-4)
+    assert cache.tree_size == 0 and list(cache.tokens) == [*prompt, b]
+    np.testing.assert_allclose(after, cold_logits(backend, [*prompt, b]), atol=1e-4)
 
 
 def test_truncate_drops_the_tree_too(backend) -> None:
@@ -612,3 +615,149 @@ def test_tree_arguments_are_checked(tiny_backend) -> None:
         tiny_backend.forward_tree(cache, [3], [0])  # no node 0 yet
     with pytest.raises(ValueError):
         tiny_backend.forward_tree(cache, [3, 4], [-1])
+
+
+# --- AdaDec ---------------------------------------------------------------------------------
+
+
+def test_entropy_of_known_distributions() -> None:
+    assert entropy(np.zeros(8)) == pytest.approx(math.log(8))
+    assert entropy(np.array([0.0, -1e9, -1e9])) == pytest.approx(0.0, abs=1e-6)
+    two = np.log(np.array([0.25, 0.75]))
+    assert entropy(two) == pytest.approx(-(0.25 * math.log(0.25) + 0.75 * math.log(0.75)))
+    assert entropy(two + 123.0) == pytest.approx(entropy(two))  # shift-invariant, no overflow
+
+
+def test_adadec_with_an_infinite_threshold_is_greedy_token_for_token(lively) -> None:
+    prompt = lively.tokenize(CODE)
+    greedy = GreedyDecoder().decode(lively, lively.new_cache(), prompt, params(16), NEVER_CANCELLED)
+    wrapped = Wrapped(lively)
+    ada = AdaDecDecoder(threshold=math.inf).decode(
+        wrapped, lively.new_cache(), prompt, params(16), NEVER_CANCELLED
+    )
+    assert ada.tokens == greedy.tokens and ada.text == greedy.text
+    assert ada.paused_steps == 0 and wrapped.tree_calls == []
+
+
+def _lookahead_scores(backend, prompt, top_k: int, length: int) -> dict[int, float]:
+    """Each top-k candidate's mean log-probability with its greedy continuation, by plain
+    full-sequence forwards (no cache, no tree)."""
+    first = log_softmax(cold_logits(backend, prompt))
+    scores = {}
+    for token in np.argsort(-first, kind="stable")[:top_k]:
+        ids, logprobs = [*prompt, int(token)], [float(first[token])]
+        for _ in range(length):
+            step = log_softmax(cold_logits(backend, ids))
+            ids.append(int(np.argmax(step)))
+            logprobs.append(float(step[ids[-1]]))
+        scores[int(token)] = sum(logprobs) / len(logprobs)
+    return scores
+
+
+def test_a_forced_pause_takes_the_candidate_with_the_best_lookahead(lively) -> None:
+    # Several prompts, so that somewhere the best lookahead is not the argmax.
+    prompts = [lively.tokenize(t) for t in (CODE, OTHER, "def f(a, b):\n    return", "x = [")]
+    beaten = 0
+    for prompt in prompts:
+        expected = _lookahead_scores(lively, prompt, top_k=3, length=4)
+        result = AdaDecDecoder(threshold=-math.inf, top_k=3, lookahead=4).decode(
+            lively, lively.new_cache(), prompt, params(1), NEVER_CANCELLED
+        )
+        assert result.paused_steps == 1
+        assert result.tokens[0] == max(expected, key=expected.get)
+        beaten += result.tokens[0] != int(np.argmax(cold_logits(lively, prompt)))
+    assert beaten > 0
+
+
+def test_lookahead_reuses_the_cached_prompt(lively) -> None:
+    prompt = lively.tokenize(CODE)
+    wrapped = Wrapped(lively)
+    result = AdaDecDecoder(threshold=-math.inf, top_k=3, lookahead=5).decode(
+        wrapped, lively.new_cache(), prompt, params(6), NEVER_CANCELLED
+    )
+    steps = len(result.tokens)
+    assert result.paused_steps == steps
+    # The prompt is encoded once; after it, one token per committed step and at most
+    # top_k per lookahead forward, lookahead forwards per pause.
+    assert wrapped.calls[0] == len(prompt) and all(n == 1 for n in wrapped.calls[1:])
+    assert all(n <= 3 for n in wrapped.tree_calls) and len(wrapped.tree_calls) <= 5 * steps
+    assert result.evaluated_tokens == sum(wrapped.calls[1:]) + sum(wrapped.tree_calls)
+    # And it decodes what the same choices would give without any cache.
+    check = list(prompt)
+    for token in result.tokens:
+        expected = _lookahead_scores(lively, check, top_k=3, length=5)
+        assert token == max(expected, key=expected.get)
+        check.append(token)
+
+
+def test_lookahead_branches_stop_where_the_completion_would(lively) -> None:
+    # A stop rule that ends the completion at any token: every branch is one token long, so
+    # the pause costs no lookahead forward at all and the likeliest token wins.
+    prompt = lively.tokenize(CODE)
+    wrapped = Wrapped(lively)
+    result = AdaDecDecoder(threshold=-math.inf).decode(
+        wrapped, lively.new_cache(), prompt, params(4, stop_check=lambda text: len(text)),
+        NEVER_CANCELLED,
+    )
+    assert wrapped.tree_calls == [] and result.stop_reason == "stop"
+    assert result.tokens == (int(np.argmax(cold_logits(lively, prompt))),)
+
+
+def test_decoders_are_made_from_their_settings() -> None:
+    assert isinstance(make_decoder("greedy"), GreedyDecoder)
+    ada = make_decoder("adadec", threshold=1.5, top_k=4, lookahead=2)
+    assert isinstance(ada, AdaDecDecoder) and (ada.threshold, ada.top_k, ada.lookahead) == (
+        1.5, 4, 2
+    )
+    assert isinstance(make_decoder("beam", top_k=2), BeamDecoder)
+    with pytest.raises(ValueError, match="unknown decoding strategy"):
+        make_decoder("nucleus")
+
+
+# --- beam search ----------------------------------------------------------------------------
+
+
+def test_beam_of_width_one_is_greedy(lively) -> None:
+    prompt = lively.tokenize(CODE)
+    greedy = GreedyDecoder().decode(lively, lively.new_cache(), prompt, params(10), NEVER_CANCELLED)
+    beam = BeamDecoder(width=1).decode(lively, lively.new_cache(), prompt, params(10), NEVER_CANCELLED)
+    assert beam.tokens == greedy.tokens and beam.text == greedy.text
+
+
+def _mean_logprob(backend, prompt, tokens) -> float:
+    ids, total = list(prompt), 0.0
+    for token in tokens:
+        total += float(log_softmax(cold_logits(backend, ids))[token])
+        ids.append(token)
+    return total / len(tokens)
+
+
+def test_beam_finds_a_sequence_at_least_as_likely_as_greedy(lively) -> None:
+    for text in (CODE, OTHER, "x = ["):
+        prompt = lively.tokenize(text)
+        greedy = GreedyDecoder().decode(lively, lively.new_cache(), prompt, params(6), NEVER_CANCELLED)
+        wrapped = Wrapped(lively)
+        cache = lively.new_cache()
+        beam = BeamDecoder(width=3).decode(wrapped, cache, prompt, params(6), NEVER_CANCELLED)
+        assert len(beam.tokens) == 6
+        assert _mean_logprob(lively, prompt, beam.tokens) >= _mean_logprob(
+            lively, prompt, greedy.tokens
+        ) - 1e-4
+        # One prompt encoding, then one batched forward of at most `width` beams per step.
+        assert wrapped.calls == [len(prompt)]
+        assert len(wrapped.tree_calls) == 5 and all(n <= 3 for n in wrapped.tree_calls)
+        assert cache.tree_size == 0 and list(cache.tokens) == prompt
+
+
+def test_beam_stops_with_the_stop_rules_and_end_tokens(lively) -> None:
+    prompt = lively.tokenize(CODE)
+    result = BeamDecoder(width=3).decode(
+        lively, lively.new_cache(), prompt, params(8, stop_check=lambda t: 0 if len(t) > 3 else None),
+        NEVER_CANCELLED,
+    )
+    assert result.stop_reason == "stop" and result.text == ""
+    first = int(np.argmax(cold_logits(lively, prompt)))
+    ended = BeamDecoder(width=1).decode(
+        lively, lively.new_cache(), prompt, params(8, stop_ids={first}), NEVER_CANCELLED
+    )
+    assert ended.stop_reason == "eos" and ended.tokens == () and ended.text == ""
