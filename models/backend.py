@@ -98,6 +98,22 @@ class Backend(Protocol):
         """
         ...
 
+    def token_stats(
+        self, sequences: Sequence[Sequence[int]], starts: Sequence[int]
+    ) -> list[TokenStats]:
+        """As `token_logprobs`, with each position's entropy and whether the actual token was
+        the model's first choice: the data `nextab calibrate` fits AdaDec's threshold to."""
+        ...
+
+
+@dataclass(frozen=True)
+class TokenStats:
+    """Per scored token: what calibrating a decoding strategy needs to know."""
+
+    logprobs: np.ndarray  # float32, of the actual token
+    entropies: np.ndarray  # float32, of the next-token distribution, in nats
+    greedy: np.ndarray  # bool, the actual token was the argmax
+
 
 class Interrupted(Exception):
     """A scoring call gave up part-way because its caller asked it to stop."""

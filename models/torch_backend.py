@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreTrainedTokenizerBase
 
-from nextab.models.backend import Interrupted, ModelInfo
+from nextab.models.backend import Interrupted, ModelInfo, TokenStats
 
 log = logging.getLogger(__name__)
 
@@ -212,6 +212,28 @@ class TorchBackend:
         chunk: int = 128,
         head_rows: int = 128,
     ) -> list[np.ndarray]:
+        return [
+            rows[:, 0]
+            for rows in self._scored(sequences, starts, should_stop, chunk, head_rows, _row_logprobs)
+        ]
+
+    def token_stats(
+        self, sequences: Sequence[Sequence[int]], starts: Sequence[int]
+    ) -> list[TokenStats]:
+        scored = self._scored(sequences, starts, None, 128, 128, _row_stats)
+        return [TokenStats(rows[:, 0], rows[:, 1], rows[:, 2] > 0.5) for rows in scored]
+
+    @torch.inference_mode()
+    def _scored(
+        self,
+        sequences: Sequence[Sequence[int]],
+        starts: Sequence[int],
+        should_stop: Callable[[], bool] | None,
+        chunk: int,
+        head_rows: int,
+        reduce: Callable[[torch.nn.Module, torch.Tensor, torch.Tensor, int], torch.Tensor],
+    ) -> list[np.ndarray]:
+        """Per sequence, a float32 array with a row of `reduce`'s columns per scored token."""
         check_scoring_args(sequences, starts)
         if not sequences:
             return []
@@ -258,11 +280,13 @@ class TorchBackend:
                     counts.append(hi - lo)
             if not rows:
                 continue
-            scored = _row_logprobs(head, torch.cat(rows), torch.cat(targets), head_rows)
+            scored = reduce(head, torch.cat(rows), torch.cat(targets), head_rows)
             for i, part in zip(owners, scored.split(counts), strict=True):
                 pieces[i].append(part)
+        width_out = 1 if reduce is _row_logprobs else 3
         return [
-            torch.cat(p).cpu().numpy() if p else np.zeros(0, dtype=np.float32) for p in pieces
+            torch.cat(p).cpu().numpy() if p else np.zeros((0, width_out), dtype=np.float32)
+            for p in pieces
         ]
 
 
@@ -277,12 +301,27 @@ def check_scoring_args(sequences: Sequence[Sequence[int]], starts: Sequence[int]
 def _row_logprobs(
     head: torch.nn.Module, rows: torch.Tensor, targets: torch.Tensor, group: int
 ) -> torch.Tensor:
-    """Float32 log-softmax of the head's output, a few rows at a time to bound memory."""
+    """Float32 log-probability of each target, (n, 1), a few rows at a time to bound memory."""
     out = []
     for begin in range(0, rows.shape[0], group):
         logits = head(rows[begin : begin + group]).float()
         picked = targets[begin : begin + group].unsqueeze(-1)
-        out.append(logits.log_softmax(-1).gather(-1, picked).squeeze(-1))
+        out.append(logits.log_softmax(-1).gather(-1, picked))
+    return torch.cat(out)
+
+
+def _row_stats(
+    head: torch.nn.Module, rows: torch.Tensor, targets: torch.Tensor, group: int
+) -> torch.Tensor:
+    """(n, 3): the target's log-probability, the entropy (nats), and 1.0 where the target is
+    the argmax."""
+    out = []
+    for begin in range(0, rows.shape[0], group):
+        logprobs = head(rows[begin : begin + group]).float().log_softmax(-1)
+        picked = targets[begin : begin + group].unsqueeze(-1)
+        entropy = -(logprobs.exp() * logprobs).sum(-1, keepdim=True)
+        top1 = (logprobs.argmax(-1, keepdim=True) == picked).float()
+        out.append(torch.cat([logprobs.gather(-1, picked), entropy, top1], dim=-1))
     return torch.cat(out)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -19,7 +20,7 @@ def _add_model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", help='"auto" (default), "cpu", "cuda", "cuda:N" or "mps"')
     parser.add_argument("--dtype", help='"auto" (default), "float32", "bfloat16" or "float16"')
     parser.add_argument("--max-tokens", type=int, help="most tokens one suggestion may have")
-    parser.add_argument("--decoding", help='decoding strategy: "greedy"')
+    parser.add_argument("--decoding", help='decoding strategy: "greedy", "adadec" or "beam"')
     parser.add_argument(
         "--settings", help="JSON object of settings, as an editor sends in initializationOptions"
     )
@@ -170,6 +171,35 @@ def cmd_model_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from nextab.calibrate import calibrate
+    from nextab.engine import Engine
+    from nextab.models.calibration import save_calibration
+    from nextab.models.resolve import ModelNotFoundError
+
+    config = build_config(args)
+    try:
+        engine = Engine.load(config)
+    except ModelNotFoundError as error:
+        print(f"nextab: {error}", file=sys.stderr)
+        return 3
+    assert engine.model_path is not None
+
+    def progress(done: int, total: int) -> None:
+        if done % 8 == 0 or done == total:
+            print(f"calibrating: {done}/{total} spans", file=sys.stderr)
+
+    try:
+        fit, details = calibrate(engine, args.spans, args.seed, progress)
+    except ValueError as error:
+        print(f"nextab: calibration failed: {error}", file=sys.stderr)
+        return 1
+    saved = save_calibration(engine.model_path, engine.backend.info.name, fit, details)
+    print(json.dumps({"model": engine.backend.info.name, "saved": str(saved),
+                      **dataclasses.asdict(fit), **details}, indent=2))
+    return 0
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     print(json.dumps(to_settings(build_config(args)), indent=2))
     return 0
@@ -205,6 +235,14 @@ def make_parser() -> argparse.ArgumentParser:
     fetch = model_sub.add_parser("fetch", help="download, verify and convert a model; print its path")
     fetch.add_argument("spec", nargs="?", default="embedded")
     fetch.set_defaults(func=cmd_model_fetch)
+
+    calibrate = sub.add_parser(
+        "calibrate", help="learn the model's AdaDec entropy threshold from real code"
+    )
+    calibrate.add_argument("--spans", type=int, default=64, help="code spans to learn from")
+    calibrate.add_argument("--seed", type=int, default=0)
+    _add_model_flags(calibrate)
+    calibrate.set_defaults(func=cmd_calibrate)
 
     config = sub.add_parser("config", help="print the effective settings")
     _add_model_flags(config)

@@ -48,12 +48,23 @@ class ContextConfig:
 
 
 @dataclass(frozen=True)
+class AdaDecConfig:
+    """AdaDec decoding, and the k that beam search shares with it."""
+
+    # Next-token entropy (nats) above which a step pauses to look ahead; null: the threshold
+    # `nextab calibrate` learned for the model (greedy, with a warning, until there is one).
+    threshold: float | None = None
+    top_k: int = 3  # candidates compared at a pause; beam search's width
+    lookahead: int = 5  # greedy tokens rolled out after each candidate
+
+
+@dataclass(frozen=True)
 class Config:
     model: str = "embedded"  # "embedded", a model directory, a .gguf file or a hub id
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:N", "mps"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     max_tokens: int = 64
-    decoding: Literal["greedy"] = "greedy"
+    decoding: Literal["greedy", "adadec", "beam"] = "greedy"
     # "auto" reads the family off the model's vocabulary.
     fim_template: Literal["auto", "qwen2.5-coder", "starcoder", "deepseek-coder", "codellama", "codestral"] = "auto"
     debounce_ms: int = 0  # server-side wait before computing, on top of the editor's own
@@ -61,6 +72,7 @@ class Config:
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     completion: CompletionConfig = field(default_factory=CompletionConfig)
     context: ContextConfig = field(default_factory=ContextConfig)
+    adadec: AdaDecConfig = field(default_factory=AdaDecConfig)
 
 
 # Integer settings and their inclusive ranges.
@@ -79,16 +91,20 @@ _RANGES: dict[str, tuple[int, int]] = {
     "max_file_bytes": (1, 100_000_000),
     "history_edits": (0, 100_000),
     "edit_pause_ms": (0, 600_000),
+    "top_k": (1, 32),
+    "lookahead": (1, 64),
 }
 _CHECKS: dict[str, Callable[[Any], bool]] = {
     **{name: (lambda v, lo=lo, hi=hi: lo <= v <= hi) for name, (lo, hi) in _RANGES.items()},
     "device": lambda v: bool(re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v)),
     "model": lambda v: bool(v.strip()),
+    "threshold": lambda v: v is None or 0.0 <= v <= 20.0,
 }
 _ALLOWED_TEXT = {
     **{name: f"an integer from {lo} to {hi}" for name, (lo, hi) in _RANGES.items()},
     "device": '"auto", "cpu", "mps", "cuda" or "cuda:N"',
     "model": "a non-empty model name or path",
+    "threshold": "a number of nats from 0 to 20, or null for the model's learned threshold",
 }
 
 _converter = cattrs.Converter(forbid_extra_keys=True)
@@ -110,6 +126,8 @@ def _allowed(name: str, hint: Any) -> str:
 def _structure_value(name: str, hint: Any, value: Any) -> Any:
     if hint is int:
         value = _integer(value)
+    elif hint == float | None:
+        value = None if value is None or value == "null" else _number(value)
     elif hint is bool:
         value = _boolean(value)
     elif hint is str and not isinstance(value, str):
@@ -132,6 +150,15 @@ def _boolean(value: Any) -> bool:
     if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
         return value.strip().lower() in _TRUE
     raise TypeError("not a boolean")
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, bool):
+        raise TypeError("a boolean is not a number")
+    number = float(value.strip()) if isinstance(value, str) else value
+    if not isinstance(number, int | float) or number != number or abs(number) == float("inf"):
+        raise ValueError("not a finite number")
+    return float(number)
 
 
 def _integer(value: Any) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import math
 import threading
 import time
 import weakref
@@ -33,6 +34,7 @@ from nextab.models.decoding import (
     CancelToken,
     DecodeParams,
     Decoder,
+    Healing,
     make_decoder,
     split_for_healing,
 )
@@ -45,7 +47,7 @@ from nextab.models.fim import (
     stop_token_ids,
 )
 from nextab.models.scoring import BackendScorer
-from nextab.models.stopping import StopRules, Trimmed, finalize
+from nextab.models.stopping import Mode, StopRules, Trimmed, finalize
 
 if TYPE_CHECKING:
     from nextab.context.workspace import ProgressFn, Workspace
@@ -85,13 +87,34 @@ class Suggestion:
     metrics: Metrics = field(compare=False)
 
 
+@dataclass(frozen=True)
+class Prompt:
+    ids: tuple[int, ...]  # what the model reads, healing's token taken off
+    healing: Healing | None
+    mode: Mode
+    rules: StopRules
+    tree: Snapshot | None  # the request text's syntax tree, if its language has a grammar
+    context_tokens: int  # repository material in it
+
+
 class Engine:
-    def __init__(self, config: Config, backend: Backend) -> None:
+    def __init__(
+        self,
+        config: Config,
+        backend: Backend,
+        *,
+        learned_threshold: float | None = None,
+        model_path: Path | None = None,
+    ) -> None:
         self.config = config
         self.backend = backend
+        # AdaDec's entropy threshold from `nextab calibrate`, and where the model lives (the
+        # calibration is kept per model directory).
+        self.learned_threshold = learned_threshold
+        self.model_path = model_path
         self.template: FimTemplate = choose_template(backend, config.fim_template)
         self.stop_ids = stop_token_ids(self.template, backend)
-        self.decoder: Decoder = make_decoder(config.decoding)
+        self.decoder: Decoder = self._make_decoder(config)
         # One model, one thread at a time: the KV caches and the model are not thread-safe.
         self._lock = threading.Lock()
         self._cached: OrderedDict[int, weakref.ref[Document]] = OrderedDict()
@@ -105,19 +128,39 @@ class Engine:
 
     @classmethod
     def load(cls, config: Config, *, progress: bool = True) -> Engine:
+        from nextab.models.calibration import load_threshold
         from nextab.models.resolve import resolve_model
         from nextab.models.torch_backend import TorchBackend
 
         resolved = resolve_model(config.model, progress=progress)
         backend = TorchBackend.load(resolved.path, resolved.name, config.device, config.dtype)
-        return cls(config, backend)
+        learned = load_threshold(resolved.path, resolved.name)
+        return cls(config, backend, learned_threshold=learned, model_path=resolved.path)
+
+    def _make_decoder(self, config: Config) -> Decoder:
+        settings = config.adadec
+        threshold = settings.threshold
+        if threshold is None:
+            threshold = self.learned_threshold
+        if config.decoding == "adadec" and threshold is None:
+            log.warning(
+                "AdaDec has no entropy threshold for %s: run `nextab calibrate` (or set "
+                "adadec.threshold); decoding greedily until then",
+                self.backend.info.name,
+            )
+        return make_decoder(
+            config.decoding,
+            threshold=math.inf if threshold is None else threshold,
+            top_k=settings.top_k,
+            lookahead=settings.lookahead,
+        )
 
     def reconfigure(self, config: Config) -> None:
         """Apply settings that do not need another model (the caller reloads for those)."""
         with self._lock:
             self.template = choose_template(self.backend, config.fim_template)
             self.stop_ids = stop_token_ids(self.template, self.backend)
-            self.decoder = make_decoder(config.decoding)
+            self.decoder = self._make_decoder(config)
             self.config = config
         if self.workspace is not None:
             self.workspace.settings = self._workspace_settings(config.context)
@@ -206,8 +249,8 @@ class Engine:
     def _should_yield(self) -> bool:
         return self._closing or self._waiting > 0
 
-    def complete(self, request: CompletionRequest, cancel: CancelToken = NEVER_CANCELLED) -> Suggestion:
-        started = time.perf_counter()
+    def prompt_for(self, request: CompletionRequest) -> Prompt:
+        """The prompt a completion at the request's position gets, and how it will stop."""
         text, offset = request.text, request.offset
         if not 0 <= offset <= len(text):
             raise ValueError(f"cursor offset {offset} outside the document (0..{len(text)})")
@@ -239,8 +282,17 @@ class Engine:
             repo_name=self.workspace.root.name if self.workspace is not None else None,
             context_files=tuple(ContextFile(p.path, p.text) for p in repo.pieces),
         )
-        prompt, healing = split_for_healing(
+        ids, healing = split_for_healing(
             self.backend, render(self.template, self.backend, material)
+        )
+        return Prompt(tuple(ids), healing, mode, rules, tree, repo.tokens)
+
+    def complete(self, request: CompletionRequest, cancel: CancelToken = NEVER_CANCELLED) -> Suggestion:
+        started = time.perf_counter()
+        offset = request.offset
+        built = self.prompt_for(request)
+        prompt, healing, mode, rules, tree = (
+            built.ids, built.healing, built.mode, built.rules, built.tree
         )
         params = DecodeParams(
             max_tokens=request.max_tokens or self.config.max_tokens,
@@ -272,7 +324,7 @@ class Engine:
             mode=mode,
             stop_reason=result.stop_reason,
             metrics=Metrics(
-                context_tokens=repo.tokens,
+                context_tokens=built.context_tokens,
                 prompt_tokens=result.prompt_tokens,
                 reused_tokens=result.reused_tokens,
                 generated_tokens=len(result.tokens),

@@ -98,7 +98,7 @@ def test_invalid_device():
     [
         ({"logLevel": "verbose"}, "logLevel", '"debug"', "'info'"),
         ({"dtype": "int8"}, "dtype", '"bfloat16"', "'auto'"),
-        ({"decoding": "beam"}, "decoding", '"greedy"', "'greedy'"),
+        ({"decoding": "nucleus"}, "decoding", '"adadec"', "'greedy'"),
         ({"completion": {"multiline": "sometimes"}}, "completion.multiline", '"never"', "'auto'"),
     ],
 )
@@ -306,3 +306,26 @@ def test_context_section_from_env():
     config, messages = load(settings)
     assert messages == []
     assert config.context.strategy == "bm25" and config.context.watch is False
+
+
+def test_adadec_settings() -> None:
+    config, errors = load({"decoding": "adadec", "adadec": {"threshold": 1.25, "topK": 4}})
+    assert errors == []
+    assert config.decoding == "adadec"
+    assert (config.adadec.threshold, config.adadec.top_k, config.adadec.lookahead) == (1.25, 4, 5)
+    assert load({"adadec": {"threshold": "0.5"}})[0].adadec.threshold == 0.5  # env, CLI
+    assert load({"adadec": {"threshold": None}})[0].adadec.threshold is None
+
+
+@pytest.mark.parametrize("bad", [True, "high", -1, 21, float("nan"), "inf", [1]])
+def test_invalid_adadec_threshold_names_the_key_and_the_default(bad) -> None:
+    config, errors = load({"adadec": {"threshold": bad}})
+    assert len(errors) == 1 and "'adadec.threshold'" in errors[0] and "None" in errors[0]
+    assert "nats" in errors[0]
+    assert config.adadec.threshold is None
+
+
+def test_adadec_from_the_environment() -> None:
+    raw = from_env({"NEXTAB_DECODING": "beam", "NEXTAB_ADADEC__TOP_K": "2"})
+    config, errors = load(raw)
+    assert errors == [] and config.decoding == "beam" and config.adadec.top_k == 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -76,3 +77,35 @@ def test_cli_complete_on_the_bundled_example() -> None:
     result = json.loads(out.stdout)
     assert "m" in result["completion"] and "values" in result["completion"]
     assert result["metrics"]["total_ms"] > 0
+
+
+def test_calibration_learns_a_threshold_from_real_code(engine: Engine, tmp_path, monkeypatch) -> None:
+    from nextab.calibrate import calibrate
+    from nextab.models.calibration import load_threshold, save_calibration
+
+    fit, details = calibrate(engine, count=8, seed=0)
+    # The real model is right more often than not, and less often where it is unsure.
+    assert 0.4 < fit.greedy_right < 0.98 and fit.coefficient < 0
+    assert 0.0 < fit.threshold < 10.0 and fit.samples > 50
+    assert details["spans"] == 8
+    monkeypatch.setenv("NEXTAB_CACHE_DIR", str(tmp_path))
+    assert engine.model_path is not None
+    save_calibration(engine.model_path, engine.backend.info.name, fit, details)
+    assert load_threshold(engine.model_path, engine.backend.info.name) == fit.threshold
+
+
+def test_adadec_and_beam_complete_on_the_real_model(engine: Engine) -> None:
+    import dataclasses
+
+    from nextab.models.decoding import make_decoder
+
+    greedy = _complete(engine, "def add(a, b):\n    return ")
+    for name, threshold in (("adadec", 0.0), ("beam", math.inf)):
+        engine.decoder = make_decoder(name, threshold=threshold)
+        try:
+            suggestion = _complete(engine, "def add(a, b):\n    return ")
+        finally:
+            engine.decoder = make_decoder("greedy")
+        assert suggestion.text.strip() == "a + b", name
+        assert dataclasses.asdict(suggestion.metrics)["generated_tokens"] >= 1
+    assert greedy.text.strip() == "a + b"

@@ -161,3 +161,16 @@ def test_the_engine_s_scorer_gives_the_model_up_to_a_waiting_completion(tiny_bac
     finally:
         engine._waiting = 0
         engine.close_workspace()
+
+
+def test_token_stats_agree_with_full_distributions(tiny_backend) -> None:
+    from nextab.models.decoding import entropy
+
+    sequence = tiny_backend.tokenize(CODE)
+    (stats,) = tiny_backend.token_stats([sequence], [3])
+    np.testing.assert_allclose(stats.logprobs, tiny_backend.token_logprobs([sequence], [3])[0], atol=1e-5)
+    with torch.inference_mode():
+        logits = tiny_backend.model(torch.tensor([sequence])).logits[0].float().numpy()
+    for i, position in enumerate(range(2, len(sequence) - 1)):
+        assert stats.entropies[i] == pytest.approx(entropy(logits[position]), abs=1e-3)
+        assert bool(stats.greedy[i]) == (int(np.argmax(logits[position])) == sequence[position + 1])

@@ -1,0 +1,115 @@
+"""AdaDec's threshold: the fit (models/calibration.py) and the data (nextab/calibrate.py)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+
+import numpy as np
+import pytest
+
+from nextab.calibrate import cut_spans, library_files, observe
+from nextab.config import AdaDecConfig, Config
+from nextab.engine import Engine
+from nextab.models.calibration import (
+    calibration_path,
+    fit_threshold,
+    load_threshold,
+    save_calibration,
+)
+from nextab.models.decoding import AdaDecDecoder
+
+
+def test_threshold_of_two_gaussians_is_their_midpoint() -> None:
+    # Equal variances: the log-odds are exactly linear in entropy and, with both classes
+    # weighted alike, cross zero halfway between the means, whatever the class sizes.
+    rng = np.random.default_rng(0)
+    right = rng.normal(1.0, 0.5, 30_000)
+    wrong = rng.normal(2.0, 0.5, 10_000)
+    fit = fit_threshold(np.concatenate([right, wrong]), np.r_[np.ones(30_000), np.zeros(10_000)])
+    assert fit.threshold == pytest.approx(1.5, abs=0.03)
+    # Slope of the true log-odds: (mu_wrong - mu_right) / sigma^2 = 4 per nat.
+    assert fit.coefficient == pytest.approx(-4.0, rel=0.05)
+    assert fit.samples == 40_000 and fit.greedy_right == pytest.approx(0.75)
+    # Each class is on its side with probability Phi(0.5 / 0.5) = 0.841.
+    assert fit.balanced_accuracy == pytest.approx(0.841, abs=0.01)
+
+
+def test_separable_classes_get_a_threshold_between_them() -> None:
+    entropies = np.r_[np.linspace(0.0, 0.9, 50), np.linspace(2.1, 3.0, 50)]
+    fit = fit_threshold(entropies, np.r_[np.ones(50, bool), np.zeros(50, bool)])
+    assert 0.9 < fit.threshold < 2.1 and fit.balanced_accuracy == 1.0
+
+
+def test_one_sided_data_cannot_be_fitted() -> None:
+    with pytest.raises(ValueError, match="right and wrong"):
+        fit_threshold(np.array([0.1, 0.5, math.nan]), np.array([True, True, False]))
+
+
+def test_calibration_is_kept_per_model_and_dropped_when_it_changes(tmp_path, monkeypatch):
+    monkeypatch.setenv("NEXTAB_CACHE_DIR", str(tmp_path / "cache"))
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "qwen2"}')
+    (model / "model.safetensors").write_bytes(b"weights")
+    assert load_threshold(model, "m") is None
+    fit = fit_threshold(np.r_[np.zeros(5), np.ones(5) * 3], np.r_[np.ones(5), np.zeros(5)])
+    saved = save_calibration(model, "m", fit, {"spans": 2})
+    assert saved == calibration_path(model, "m") and saved.is_relative_to(tmp_path / "cache")
+    assert load_threshold(model, "m") == pytest.approx(fit.threshold)
+    assert json.loads(saved.read_text())["spans"] == 2
+    # New weights are a new model: its threshold is unknown until calibrated again.
+    (model / "model.safetensors").write_bytes(b"other weights")
+    assert load_threshold(model, "m") is None
+    # A damaged record reads as "not calibrated", not as an error.
+    damaged = calibration_path(model, "m")
+    damaged.parent.mkdir(parents=True, exist_ok=True)
+    damaged.write_text("{not json")
+    assert load_threshold(model, "m") is None
+
+
+def test_spans_come_from_real_library_code_and_put_back_give_the_source() -> None:
+    files = library_files()
+    assert len(files) > 100
+    spans = cut_spans(files, 12, seed=3)
+    assert len(spans) == 12 and len({s.path for s in spans}) == 12
+    for span in spans:
+        assert span.target.strip() and not span.target[0].isspace()
+        assert 1 <= span.target.count("\n") + 1 <= 4
+        whole = span.text[: span.offset] + span.target + span.text[span.offset :]
+        source = (library_files_root() / span.path).read_text(encoding="utf-8")
+        assert whole in source and whole.count("\n") >= 10
+        assert not span.path.startswith(("test/", "idlelib/"))
+    assert cut_spans(files, 12, seed=3) == spans  # seeded: the same spans every time
+
+
+def library_files_root():
+    import sysconfig
+    from pathlib import Path
+
+    return Path(sysconfig.get_paths()["stdlib"])
+
+
+def test_observations_cover_every_target_token(tiny_backend) -> None:
+    engine = Engine(Config(max_tokens=4), tiny_backend)
+    spans = cut_spans(library_files(), 3, seed=1)
+    seen = observe(engine, spans)
+    assert seen.entropies.shape == seen.greedy_right.shape
+    assert len(seen.entropies) >= sum(len(tiny_backend.tokenize(s.target)) for s in spans) - 3
+    assert (seen.entropies >= 0).all() and seen.greedy_right.dtype == bool
+
+
+def test_the_engine_uses_the_learned_threshold_unless_one_is_set(tiny_backend, caplog) -> None:
+    learned = Engine(Config(decoding="adadec"), tiny_backend, learned_threshold=1.75)
+    assert isinstance(learned.decoder, AdaDecDecoder) and learned.decoder.threshold == 1.75
+    chosen = Engine(
+        Config(decoding="adadec", adadec=AdaDecConfig(threshold=0.5, top_k=2)),
+        tiny_backend,
+        learned_threshold=1.75,
+    )
+    assert (chosen.decoder.threshold, chosen.decoder.top_k) == (0.5, 2)
+    with caplog.at_level(logging.WARNING):
+        unknown = Engine(Config(decoding="adadec"), tiny_backend)
+    assert unknown.decoder.threshold == math.inf  # greedy until calibrated
+    assert "nextab calibrate" in caplog.text
