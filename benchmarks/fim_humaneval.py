@@ -87,6 +87,9 @@ class TaskResult:
     stop_reason: str
     mode: str
     replace: int
+    decoding: str = "greedy"
+    paused_steps: int = 0
+    evaluated_tokens: int = 0
 
 
 # --- tasks ------------------------------------------------------------------------------------
@@ -178,6 +181,9 @@ def run_task(
         stop_reason=suggestion.stop_reason,
         mode=suggestion.mode,
         replace=suggestion.replace,
+        decoding=getattr(getattr(engine, "config", None), "decoding", "greedy"),
+        paused_steps=m.paused_steps,
+        evaluated_tokens=m.evaluated_tokens,
     )
 
 
@@ -257,24 +263,34 @@ def run_benchmark(
     workers: int = 2,
     progress: bool = True,
     check_timeout_s: float = CHECK_TIMEOUT_S,
+    decodings: Sequence[str] = (),
 ) -> list[TaskResult]:
     """Complete every task in turn; the checks run beside the model, `workers` at a time.
+
+    With several `decodings`, each task is completed once per strategy, one right after the
+    other, so that the strategies' latencies see the same machine state.
 
     Threads suffice for the pool: each one only waits on its `python -I` child, and a
     process pool would fork a copy of the loaded model.
     """
+    from dataclasses import replace
+
     from tqdm import tqdm
 
     tasks = list(tasks)
+    configs = [replace(engine.config, decoding=d) for d in decodings] or [engine.config]
     results: list[TaskResult] = []
     futures: list[Future[TaskResult]] = []
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="check") as pool:
         for task in tqdm(
             tasks, desc="complete", unit="task", file=sys.stderr, disable=not progress
         ):
-            result = run_task(engine, task, mode, max_tokens)
-            results.append(result)
-            futures.append(pool.submit(score, task, result, check_timeout_s))
+            for config in configs:
+                if config is not engine.config:
+                    engine.reconfigure(config)
+                result = run_task(engine, task, mode, max_tokens)
+                results.append(result)
+                futures.append(pool.submit(score, task, result, check_timeout_s))
         for future in tqdm(
             futures, desc="check", unit="task", file=sys.stderr, disable=not progress
         ):
@@ -347,9 +363,43 @@ def summarise(results: Sequence[TaskResult]) -> dict[str, Any]:
         },
         "prefill_ms_mean": round(_mean([r.prefill_ms for r in results]), 1),
         "decode_ms_mean": round(_mean([r.decode_ms for r in results]), 1),
+        "decoding": {
+            # Per generated token: how often the strategy stopped to compare candidates, and
+            # how many tokens the model ran after the prompt (just under 1 for greedy, which
+            # never runs its last token).
+            "paused_per_token": round(
+                sum(r.paused_steps for r in results) / max(1, sum(r.generated_tokens for r in results)), 4
+            ),
+            "evaluated_per_token": round(
+                sum(r.evaluated_tokens for r in results)
+                / max(1, sum(r.generated_tokens for r in results)),
+                3,
+            ),
+        },
         "stop_reasons": dict(Counter(r.stop_reason for r in results)),
         "modes": dict(Counter(r.mode for r in results)),
         "empty_completions": sum(not r.completion.strip() for r in results),
+    }
+
+
+def _summaries(results: Sequence[TaskResult], decodings: Sequence[str] | None) -> dict[str, Any]:
+    if not decodings or len(decodings) == 1:
+        return summarise(results)
+    by = {d: summarise([r for r in results if r.decoding == d]) for d in decodings}
+    base = by[decodings[0]]
+    return {
+        "by_decoding": by,
+        # Each strategy against the first one named, measured on the same tasks in the same run.
+        f"vs_{decodings[0]}": {
+            d: {
+                "pass_at_1": round(s["pass_at_1"] - base["pass_at_1"], 4),
+                "exact_match": round(s["exact_match"] - base["exact_match"], 4),
+                "latency_p50_ratio": _ratio(s["latency_ms"]["p50"], base["latency_ms"]["p50"]),
+                "latency_p95_ratio": _ratio(s["latency_ms"]["p95"], base["latency_ms"]["p95"]),
+                "decode_ms_ratio": _ratio(s["decode_ms_mean"], base["decode_ms_mean"]),
+            }
+            for d, s in by.items()
+        },
     }
 
 
@@ -392,6 +442,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="add the llama.cpp comparison block (default on)",
+    )
+    p.add_argument(
+        "--decoding",
+        nargs="+",
+        choices=["greedy", "adadec", "beam"],
+        default=None,
+        help="compare these strategies task by task in one run (default: the config's one)",
     )
     p.add_argument(
         "--oracle",
@@ -463,7 +520,14 @@ def main(
         engine_info["load_s"] = round(time.perf_counter() - started, 1)
         warm_up(engine)
         run_started = time.perf_counter()
-        results = run_benchmark(engine, tasks, mode, args.max_tokens, args.workers)
+        if "adadec" in (args.decoding or [engine.config.decoding]):
+            threshold = engine.config.adadec.threshold or engine.learned_threshold
+            if threshold is None:
+                raise SystemExit("AdaDec has no threshold for this model: run `nextab calibrate`")
+            engine_info["adadec_threshold"] = threshold
+        results = run_benchmark(
+            engine, tasks, mode, args.max_tokens, args.workers, decodings=args.decoding or ()
+        )
         engine_info["run_s"] = round(time.perf_counter() - run_started, 1)
     summary = {
         "set": args.set_name,
@@ -472,7 +536,7 @@ def main(
         "limit": args.limit,
         "mode": mode,
         "max_tokens": args.max_tokens or settings.get("maxTokens"),
-        **summarise(results),
+        **_summaries(results, args.decoding),
         "wall_s": round(time.perf_counter() - started, 1),
         "engine": engine_info,
         # Latency is only as good as the machine was quiet: other work shows in the load average.
@@ -482,7 +546,8 @@ def main(
         "command": _command_line(argv),
     }
     if args.baseline:
-        summary["baseline"] = baseline_block(summary, args.set_name, args.every, args.limit)
+        first = summary["by_decoding"][args.decoding[0]] if "by_decoding" in summary else summary
+        summary["baseline"] = baseline_block(first, args.set_name, args.every, args.limit)
     if args.out is not None:
         args.out.write_text(
             json.dumps({"summary": summary, "tasks": task_records(results)}, indent=1) + "\n",

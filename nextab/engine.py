@@ -76,6 +76,8 @@ class Metrics:
     prefill_ms: float
     decode_ms: float
     total_ms: float
+    paused_steps: int = 0  # decoding steps that looked ahead (AdaDec) or searched (beam)
+    evaluated_tokens: int = 0  # tokens the model ran after the prompt, lookahead included
 
 
 @dataclass(frozen=True)
@@ -331,6 +333,8 @@ class Engine:
                 prefill_ms=result.prefill_ms,
                 decode_ms=result.decode_ms,
                 total_ms=(time.perf_counter() - started) * 1000,
+                paused_steps=result.paused_steps,
+                evaluated_tokens=result.evaluated_tokens,
             ),
         )
 

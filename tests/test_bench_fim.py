@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import sys
@@ -237,3 +238,27 @@ def test_three_tasks_end_to_end(engine: Engine, tmp_path: Path) -> None:
         assert r["exact_indented"] <= r["exact"]
         assert {"stop_reason", "mode"} <= set(r)
         assert isinstance(r["passed"], bool) and r["total_ms"] > 0
+
+
+@needs_data
+def test_strategies_compared_task_by_task_in_one_run(engine: Engine, tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    engine.learned_threshold = 0.0  # as if calibrated: every step pauses
+    try:
+        argv = ["--limit", "2", "--max-tokens", "4", "--decoding", "greedy", "adadec", "beam",
+                "--out", str(out)]
+        summary = bench.main(argv, load_engine=lambda config: engine)
+    finally:
+        engine.learned_threshold = None
+        engine.reconfigure(dataclasses.replace(engine.config, decoding="greedy"))
+    by = summary["by_decoding"]
+    assert set(by) == {"greedy", "adadec", "beam"} and all(s["n"] == 2 for s in by.values())
+    greedy, adadec = by["greedy"]["decoding"], by["adadec"]["decoding"]
+    assert greedy["paused_per_token"] == 0.0 and greedy["evaluated_per_token"] <= 1.0
+    assert adadec["paused_per_token"] > 0
+    assert adadec["evaluated_per_token"] > greedy["evaluated_per_token"]
+    assert summary["vs_greedy"]["greedy"]["latency_p50_ratio"] == 1.0
+    assert summary["engine"]["adadec_threshold"] == 0.0
+    records = json.loads(out.read_text())["tasks"]
+    # Interleaved: each task once per strategy, one after the other.
+    assert [r["decoding"] for r in records] == ["greedy", "adadec", "beam"] * 2
