@@ -183,11 +183,13 @@ class Run:
 class GreedyDecoder:
     """Argmax at every step: the baseline strategy, and the one the stop rules are tested on.
 
-    Subclasses change `choose`, the token taken at a step once healing is done.
+    Subclasses change `choose`, the tokens taken at a step once healing is done.
     """
 
-    def choose(self, run: Run, logits: np.ndarray) -> int:
-        return int(np.argmax(logits))
+    def choose(self, run: Run, logits: np.ndarray) -> list[int]:
+        """The next token, and any after it that are already known to follow (they are
+        committed with one forward pass)."""
+        return [int(np.argmax(logits))]
 
     def decode(
         self,
@@ -209,31 +211,34 @@ class GreedyDecoder:
         reason = "length"
         while len(generated) < params.max_tokens:
             if healing and len(full) < len(healed):
-                token = healing.pick(backend, logits, healed[len(full) :])
+                tokens = [healing.pick(backend, logits, healed[len(full) :])]
             else:
-                token = self.choose(run, logits)
-            if token in params.stop_ids:
-                reason = "eos"
-                break
-            generated.append(token)
-            full = backend.detokenize(generated)
-            if len(full) < len(healed):
-                cancel.check()
-                logits = backend.forward(cache, [token])
-                run.evaluated += 1
-                continue
-            text = full[len(healed) :]
-            if params.stop_check is not None:
-                keep = params.stop_check(text)
-                if keep is not None:
-                    text = text[:keep]
-                    reason = "stop"
+                tokens = self.choose(run, logits)
+            fed: list[int] = []
+            done = False
+            for token in tokens:
+                if token in params.stop_ids:
+                    reason, done = "eos", True
                     break
-            if len(generated) == params.max_tokens:
+                generated.append(token)
+                fed.append(token)
+                full = backend.detokenize(generated)
+                if len(full) < len(healed):
+                    continue
+                text = full[len(healed) :]
+                if params.stop_check is not None:
+                    keep = params.stop_check(text)
+                    if keep is not None:
+                        text, reason, done = text[:keep], "stop", True
+                        break
+                if len(generated) == params.max_tokens:
+                    done = True
+                    break
+            if done:
                 break
             cancel.check()
-            logits = backend.forward(cache, [token])
-            run.evaluated += 1
+            logits = backend.forward(cache, fed)
+            run.evaluated += len(fed)
         finished = time.perf_counter()
         return DecodeResult(
             tokens=tuple(generated),
@@ -255,6 +260,7 @@ class Lookahead:
     token: int
     continuation: tuple[int, ...]
     logprobs: tuple[float, ...]  # of the token, then of each continuation token
+    entropies: tuple[float, ...]  # of the distribution each continuation token came from
 
     @property
     def score(self) -> float:
@@ -274,6 +280,7 @@ def look_ahead(run: Run, logits: np.ndarray, top_k: int, length: int) -> list[Lo
     candidates = [int(t) for t in np.argsort(-logprobs, kind="stable")[:top_k]]
     branches = [[c] for c in candidates]
     scores = [[float(logprobs[c])] for c in candidates]
+    spreads: list[list[float]] = [[] for _ in candidates]
     alive = [not run.ends([c]) for c in candidates]
     node = list(range(len(candidates)))  # each branch's last node in the tree
     feed = [(i, c, -1) for i, c in enumerate(candidates) if alive[i]]
@@ -296,13 +303,14 @@ def look_ahead(run: Run, logits: np.ndarray, top_k: int, length: int) -> list[Lo
             token = int(np.argmax(step))
             branches[i].append(token)
             scores[i].append(float(step[token]))
+            spreads[i].append(float(-(np.exp(step) * step).sum()))
             if run.ends(branches[i]):
                 alive[i] = False
             elif len(scores[i]) <= length:
                 feed.append((i, token, node[i]))
     return [
-        Lookahead(c, tuple(b[1:]), tuple(lp))
-        for c, b, lp in zip(candidates, branches, scores, strict=True)
+        Lookahead(c, tuple(b[1:]), tuple(lp), tuple(h))
+        for c, b, lp, h in zip(candidates, branches, scores, spreads, strict=True)
     ]
 
 
@@ -318,13 +326,22 @@ class AdaDecDecoder(GreedyDecoder):
         self.top_k = top_k
         self.lookahead = lookahead
 
-    def choose(self, run: Run, logits: np.ndarray) -> int:
+    def choose(self, run: Run, logits: np.ndarray) -> list[int]:
         if self.top_k == 1 or entropy(logits) <= self.threshold:
-            return int(np.argmax(logits))
+            return [int(np.argmax(logits))]
         run.paused += 1
         branches = look_ahead(run, logits, self.top_k, self.lookahead)
         # max() keeps the first of equal scores: the likelier candidate wins a tie.
-        return max(branches, key=lambda b: b.score).token
+        best = max(branches, key=lambda b: b.score)
+        # The winner's lookahead is what greedy decoding would produce next, up to the first
+        # step uncertain enough to pause: take those tokens now, committed in one forward
+        # pass instead of one pass each.
+        taken = [best.token]
+        for token, spread in zip(best.continuation, best.entropies, strict=True):
+            if spread > self.threshold:
+                break
+            taken.append(token)
+        return taken
 
 
 @dataclass(frozen=True)

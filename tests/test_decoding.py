@@ -761,3 +761,34 @@ def test_beam_stops_with_the_stop_rules_and_end_tokens(lively) -> None:
         lively, lively.new_cache(), prompt, params(8, stop_ids={first}), NEVER_CANCELLED
     )
     assert ended.stop_reason == "eos" and ended.tokens == () and ended.text == ""
+
+
+def _slow_adadec(backend, prompt, threshold: float, steps: int) -> list[int]:
+    """AdaDec by its definition, every distribution from a full forward of the sequence."""
+    ids, out = list(prompt), []
+    for _ in range(steps):
+        logits = cold_logits(backend, ids)
+        if entropy(logits) <= threshold:
+            token = int(np.argmax(logits))
+        else:
+            scores = _lookahead_scores(backend, ids, top_k=3, length=5)
+            token = max(scores, key=scores.get)
+        out.append(token)
+        ids.append(token)
+    return out
+
+
+def test_adadec_takes_the_winner_s_sure_lookahead_at_once_and_decodes_as_defined(lively) -> None:
+    batched = 0
+    for text in (CODE, OTHER, "x = ["):
+        prompt = lively.tokenize(text)
+        path = manual_greedy(lively, prompt, 10)
+        spreads = [entropy(cold_logits(lively, prompt + path[:i])) for i in range(10)]
+        threshold = float(np.median(spreads))  # some steps pause, some do not
+        wrapped = Wrapped(lively)
+        result = AdaDecDecoder(threshold).decode(
+            wrapped, lively.new_cache(), prompt, params(10), NEVER_CANCELLED
+        )
+        assert list(result.tokens) == _slow_adadec(lively, prompt, threshold, 10)
+        batched += sum(n > 1 for n in wrapped.calls[1:])
+    assert batched > 0  # some winners' continuations were committed in one pass
