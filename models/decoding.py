@@ -203,8 +203,26 @@ class GreedyDecoder:
         started = time.perf_counter()
         logits, reused = prefill(backend, cache, prompt, cancel, params.prefill_chunk)
         prefilled = time.perf_counter()
-        healed = healing.text if healing else ""
-        run = Run(backend, cache, params, cancel, healed, [])
+        run = Run(backend, cache, params, cancel, healing.text if healing else "", [])
+        tokens, text, reason = self.generate(run, logits, healing)
+        return DecodeResult(
+            tokens=tuple(tokens),
+            text=text,
+            stop_reason=reason,
+            prompt_tokens=len(prompt),
+            reused_tokens=reused,
+            prefill_ms=(prefilled - started) * 1000,
+            decode_ms=(time.perf_counter() - prefilled) * 1000,
+            paused_steps=run.paused,
+            evaluated_tokens=run.evaluated,
+        )
+
+    def generate(
+        self, run: Run, logits: np.ndarray, healing: Healing | None
+    ) -> tuple[list[int], str, str]:
+        """The tokens after the prompt, the completion text, and why generation ended."""
+        backend, cache, params, cancel = run.backend, run.cache, run.params, run.cancel
+        healed = run.healed
         generated = run.generated
         full = ""  # everything generated, healed text included
         text = ""
@@ -239,18 +257,7 @@ class GreedyDecoder:
             cancel.check()
             logits = backend.forward(cache, fed)
             run.evaluated += len(fed)
-        finished = time.perf_counter()
-        return DecodeResult(
-            tokens=tuple(generated),
-            text=text,
-            stop_reason=reason,
-            prompt_tokens=len(prompt),
-            reused_tokens=reused,
-            prefill_ms=(prefilled - started) * 1000,
-            decode_ms=(finished - prefilled) * 1000,
-            paused_steps=run.paused,
-            evaluated_tokens=run.evaluated,
-        )
+        return generated, text, reason
 
 
 @dataclass(frozen=True)
@@ -355,7 +362,7 @@ class _Beam:
         return sum(self.logprobs) / len(self.logprobs) if self.logprobs else 0.0
 
 
-class BeamDecoder:
+class BeamDecoder(GreedyDecoder):
     """Beam search with `width` beams, ranked by the lookahead's score (mean log-probability):
     the baseline AdaDec is measured against. Every step is a batched forward of the beams over
     a token tree that hangs off the cached prompt, as AdaDec's lookahead is."""
@@ -365,22 +372,14 @@ class BeamDecoder:
             raise ValueError("beam search needs width >= 1")
         self.width = width
 
-    def decode(
-        self,
-        backend: Backend,
-        cache: KVCache,
-        prompt: Sequence[int],
-        params: DecodeParams,
-        cancel: CancelToken,
-        healing: Healing | None = None,
-    ) -> DecodeResult:
-        started = time.perf_counter()
-        logits, reused = prefill(backend, cache, prompt, cancel, params.prefill_chunk)
-        prefilled = time.perf_counter()
-        run = Run(backend, cache, params, cancel, healing.text if healing else "", [])
+    def generate(
+        self, run: Run, logits: np.ndarray, healing: Healing | None
+    ) -> tuple[list[int], str, str]:
+        params = run.params
         logits, ended = _heal(run, logits, healing)
         best = self._search(run, logits) if not ended else _Beam((), (), -1)
-        backend.truncate(cache, len(prompt) + len(run.generated))  # the tree goes
+        # The tree goes; the prompt and any healing tokens stay cached.
+        run.backend.truncate(run.cache, len(run.cache.tokens))
         tokens = [*run.generated, *best.tokens]
         reason = "length"
         if ended or (best.tokens and best.tokens[-1] in params.stop_ids):
@@ -390,17 +389,7 @@ class BeamDecoder:
         keep = params.stop_check(text) if params.stop_check is not None else None
         if keep is not None and reason == "length":
             text, reason = text[:keep], "stop"
-        return DecodeResult(
-            tokens=tuple(tokens),
-            text=text,
-            stop_reason=reason,
-            prompt_tokens=len(prompt),
-            reused_tokens=reused,
-            prefill_ms=(prefilled - started) * 1000,
-            decode_ms=(time.perf_counter() - prefilled) * 1000,
-            paused_steps=run.paused,
-            evaluated_tokens=run.evaluated,
-        )
+        return tokens, text, reason
 
     def _search(self, run: Run, logits: np.ndarray) -> _Beam:
         alive = [_Beam((), (), -1)]
