@@ -413,9 +413,12 @@ class BeamDecoder(GreedyDecoder):
                 if len(alive) == self.width:
                     break
                 (done if run.ends(beam.tokens) else alive).append(beam)
-            if len(done) >= self.width:
-                # Enough finished hypotheses: the unfinished ones are not candidates.
-                return max(done, key=lambda b: b.score)
+            # A finished hypothesis wins once no unfinished beam scores better. Stopping at the
+            # first `width` finished ones instead lets short early endings (an end token, blank
+            # lines) beat the line still being written.
+            best_done = max(done, key=lambda b: b.score, default=None)
+            if best_done is not None and (not alive or best_done.score >= alive[0].score):
+                return best_done
             if not alive or depth == steps - 1:
                 break
             run.cancel.check()

@@ -792,3 +792,19 @@ def test_adadec_takes_the_winner_s_sure_lookahead_at_once_and_decodes_as_defined
         assert list(result.tokens) == _slow_adadec(lively, prompt, threshold, 10)
         batched += sum(n > 1 for n in wrapped.calls[1:])
     assert batched > 0  # some winners' continuations were committed in one pass
+
+
+def test_beam_does_not_stop_at_early_endings_while_a_better_beam_is_unfinished(lively) -> None:
+    # An end token that is likely but not the best next token finishes a hypothesis at once;
+    # the greedy path, which beam search also follows, scores better, so the search must go on.
+    prompt = lively.tokenize(CODE)
+    first = log_softmax(cold_logits(lively, prompt))
+    early_end = int(np.argsort(-first)[1])
+    greedy = manual_greedy(lively, prompt, 6)
+    assert early_end not in greedy
+    assert _mean_logprob(lively, prompt, greedy) > float(first[early_end])  # the premise
+    result = BeamDecoder(width=3).decode(
+        lively, lively.new_cache(), prompt, params(6, stop_ids={early_end}), NEVER_CANCELLED
+    )
+    assert result.stop_reason != "eos" and len(result.tokens) == 6
+    assert _mean_logprob(lively, prompt, result.tokens) >= _mean_logprob(lively, prompt, greedy) - 1e-4
