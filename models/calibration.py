@@ -1,9 +1,11 @@
 """AdaDec's per-model entropy threshold: fitting it, and keeping it with the model.
 
-The threshold is where a logistic regression of "the greedy token was the real next token" on
-the next-token entropy crosses one half, with both outcomes weighted equally (the AdaDec
-paper balances them by down-sampling; weights do the same without throwing data away). Below
-it greedy is more likely right than wrong and decoding goes on; above it, it pauses.
+As in the AdaDec paper: a logistic regression of "the greedy token was the real next token" on
+the next-token entropy is fitted with both outcomes weighted equally (the paper down-samples;
+weights do the same without throwing data away), then the probability cut that classifies
+held-out steps best (at their natural mix, where greedy is mostly right) is turned back into
+an entropy. Balancing alone would put the cut where greedy is merely less sure than usual and
+pause far too often; the held-out cut lands where greedy is about as likely wrong as right.
 """
 
 from __future__ import annotations
@@ -23,32 +25,75 @@ import numpy as np
 
 from nextab.models.resolve import cache_dir
 
-FORMAT = "nextab.adadec-calibration/1"
+FORMAT = "nextab.adadec-calibration/2"
 
 
 @dataclass(frozen=True)
 class ThresholdFit:
-    threshold: float  # nats: above it, greedy is more likely wrong than right
+    threshold: float  # nats: above it, AdaDec pauses
+    boundary: float  # nats: where the balanced regression crosses one half
     coefficient: float  # of entropy in the log-odds of greedy being right (negative)
     intercept: float
-    balanced_accuracy: float  # of the rule "greedy is right iff entropy <= threshold"
+    probability_cut: float  # the balanced model's probability at `threshold`
+    accuracy: float  # held out, of the rule "greedy is right iff entropy <= threshold"
+    balanced_accuracy: float  # held out, the same rule
     samples: int
     greedy_right: float  # share of steps where greedy was right
 
 
-def fit_threshold(entropies: np.ndarray, correct: np.ndarray, iterations: int = 100) -> ThresholdFit:
-    """Logistic regression of `correct` on `entropies` (Newton's method, balanced weights)."""
+HELD_OUT = 0.2
+CUTS = np.round(np.arange(0.01, 1.0, 0.01), 2)  # the paper's grid of probability cuts
+
+
+def fit_threshold(
+    entropies: np.ndarray, correct: np.ndarray, seed: int = 0, held_out: float = HELD_OUT
+) -> ThresholdFit:
     x = np.asarray(entropies, dtype=np.float64).ravel()
     y = np.asarray(correct, dtype=bool).ravel()
     keep = np.isfinite(x)
     x, y = x[keep], y[keep]
     right, wrong = int(y.sum()), int((~y).sum())
-    if right == 0 or wrong == 0:
+    if right < 2 or wrong < 2:
         raise ValueError(
             f"calibration needs steps where greedy was right and wrong ({right} right, "
             f"{wrong} wrong)"
         )
-    weights = np.where(y, 0.5 / right, 0.5 / wrong)
+    test = _held_out(y, held_out, seed)
+    intercept, coefficient = _balanced_logistic(x[~test], y[~test])
+    if coefficient >= 0:  # entropy does not predict mistakes: never pause
+        return ThresholdFit(
+            math.inf, math.inf, coefficient, intercept, 0.0, float(y[test].mean()), 0.5,
+            int(x.size), right / x.size,
+        )
+    boundary = -intercept / coefficient
+    probability = 1.0 / (1.0 + np.exp(-(intercept + coefficient * x[test])))
+    accuracies = [float(((probability >= cut) == y[test]).mean()) for cut in CUTS]
+    cut = float(CUTS[int(np.argmax(accuracies))])  # the first of equals, as the paper's scan
+    threshold = (math.log(cut / (1 - cut)) - intercept) / coefficient
+    below = x[test] <= threshold
+    truth = y[test]
+    balanced = 0.5 * (float(below[truth].mean()) + float((~below[~truth]).mean()))
+    return ThresholdFit(
+        threshold, boundary, coefficient, intercept, cut, max(accuracies), balanced,
+        int(x.size), right / x.size,
+    )
+
+
+def _held_out(y: np.ndarray, share: float, seed: int) -> np.ndarray:
+    """A random `share` of the steps, stratified so that both sides keep both outcomes."""
+    rng = np.random.default_rng(seed)
+    test = np.zeros(y.size, dtype=bool)
+    for label in (True, False):
+        where = np.flatnonzero(y == label)
+        count = min(len(where) - 1, max(1, round(share * len(where))))
+        test[rng.choice(where, size=count, replace=False)] = True
+    return test
+
+
+def _balanced_logistic(x: np.ndarray, y: np.ndarray, iterations: int = 100) -> tuple[float, float]:
+    """Intercept and slope of a logistic regression of y on x, both classes weighted alike
+    (Newton's method)."""
+    weights = np.where(y, 0.5 / y.sum(), 0.5 / (~y).sum())
     features = np.stack([np.ones_like(x), x], axis=1)
     beta = np.zeros(2)
     for _ in range(iterations):
@@ -60,11 +105,7 @@ def fit_threshold(entropies: np.ndarray, correct: np.ndarray, iterations: int = 
         beta += step
         if float(np.abs(step).max()) < 1e-10:
             break
-    intercept, coefficient = float(beta[0]), float(beta[1])
-    threshold = -intercept / coefficient if coefficient < 0 else math.inf
-    below = x <= threshold
-    balanced = 0.5 * (float(below[y].mean()) + float((~below[~y]).mean()))
-    return ThresholdFit(threshold, coefficient, intercept, balanced, int(x.size), right / x.size)
+    return float(beta[0]), float(beta[1])
 
 
 # -- kept with the model ----------------------------------------------------------------------

@@ -21,25 +21,48 @@ from nextab.models.calibration import (
 from nextab.models.decoding import AdaDecDecoder
 
 
-def test_threshold_of_two_gaussians_is_their_midpoint() -> None:
-    # Equal variances: the log-odds are exactly linear in entropy and, with both classes
-    # weighted alike, cross zero halfway between the means, whatever the class sizes.
+def test_threshold_of_two_gaussians() -> None:
+    # Equal variances: the log-odds are exactly linear in entropy. Weighted alike, the classes'
+    # regression crosses one half halfway between the means (1.5 nats); the cut that classifies
+    # steps best at their real 3:1 mix is where the true log-odds, log 3 - 4 (x - 1.5), reach
+    # zero: 1.5 + log(3) / 4 = 1.775 nats.
     rng = np.random.default_rng(0)
     right = rng.normal(1.0, 0.5, 30_000)
     wrong = rng.normal(2.0, 0.5, 10_000)
     fit = fit_threshold(np.concatenate([right, wrong]), np.r_[np.ones(30_000), np.zeros(10_000)])
-    assert fit.threshold == pytest.approx(1.5, abs=0.03)
+    assert fit.boundary == pytest.approx(1.5, abs=0.03)
+    assert fit.threshold == pytest.approx(1.5 + math.log(3) / 4, abs=0.05)
     # Slope of the true log-odds: (mu_wrong - mu_right) / sigma^2 = 4 per nat.
     assert fit.coefficient == pytest.approx(-4.0, rel=0.05)
+    assert fit.probability_cut == pytest.approx(0.25, abs=0.03)  # 1 - the share greedy gets right
     assert fit.samples == 40_000 and fit.greedy_right == pytest.approx(0.75)
-    # Each class is on its side with probability Phi(0.5 / 0.5) = 0.841.
-    assert fit.balanced_accuracy == pytest.approx(0.841, abs=0.01)
+    # Right steps fall below 1.775 with probability Phi(1.55) = 0.939, wrong ones above it with
+    # Phi(0.45) = 0.674: 0.75 * 0.939 + 0.25 * 0.674 = 0.873.
+    assert fit.accuracy == pytest.approx(0.873, abs=0.01)
+
+
+def test_a_rarer_mistake_moves_the_threshold_up() -> None:
+    rng = np.random.default_rng(1)
+    fits = []
+    for wrong_count in (20_000, 2_000):
+        entropies = np.r_[rng.normal(1.0, 0.5, 20_000), rng.normal(2.0, 0.5, wrong_count)]
+        fits.append(fit_threshold(entropies, np.r_[np.ones(20_000), np.zeros(wrong_count)]))
+    even, rare = fits
+    assert even.threshold == pytest.approx(1.5, abs=0.05)
+    assert rare.threshold == pytest.approx(1.5 + math.log(10) / 4, abs=0.06)
 
 
 def test_separable_classes_get_a_threshold_between_them() -> None:
     entropies = np.r_[np.linspace(0.0, 0.9, 50), np.linspace(2.1, 3.0, 50)]
     fit = fit_threshold(entropies, np.r_[np.ones(50, bool), np.zeros(50, bool)])
-    assert 0.9 < fit.threshold < 2.1 and fit.balanced_accuracy == 1.0
+    assert 0.9 < fit.threshold < 2.1 and fit.balanced_accuracy == 1.0 and fit.accuracy == 1.0
+
+
+def test_entropy_that_does_not_predict_mistakes_never_pauses() -> None:
+    rng = np.random.default_rng(2)
+    entropies = rng.uniform(0, 3, 4_000)
+    fit = fit_threshold(entropies, entropies > 1.5)  # greedy is wrong when *sure*
+    assert fit.threshold == math.inf
 
 
 def test_one_sided_data_cannot_be_fitted() -> None:
