@@ -54,10 +54,11 @@ class Backend(Protocol):
 
     def new_cache(self) -> KVCache: ...
 
-    def forward(self, cache: KVCache, tokens: Sequence[int]) -> np.ndarray:
+    def forward(self, cache: KVCache, tokens: Sequence[int], every: bool = False) -> np.ndarray:
         """Run `tokens` after what `cache` holds, extend it, return the last position's logits.
 
-        The logits are float32 of shape (vocab_size,), on the host.
+        The logits are float32 of shape (vocab_size,), on the host; with `every`, those after
+        each of `tokens`, shape (len(tokens), vocab_size): what checking drafted tokens needs.
         """
         ...
 

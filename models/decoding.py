@@ -48,6 +48,12 @@ class DecodeParams:
     stop_ids: frozenset[int]
     stop_check: StopCheck | None = None
     prefill_chunk: int = 256
+    # Tokens the output is expected to copy in long runs (a region being rewritten): greedy
+    # decoding drafts up to `draft_length` of them at a time where the output so far matches
+    # them and checks the whole draft in one forward pass. The output is what plain greedy
+    # decoding gives; only the number of passes changes.
+    draft: tuple[int, ...] = ()
+    draft_length: int = 12
 
 
 @dataclass(frozen=True)
@@ -103,6 +109,8 @@ class DecodeResult:
     decode_ms: float
     paused_steps: int = 0  # steps where the strategy looked ahead instead of taking the argmax
     evaluated_tokens: int = 0  # tokens run through the model after the prompt, lookahead included
+    drafted_tokens: int = 0  # drafted tokens checked (DecodeParams.draft)
+    accepted_tokens: int = 0  # and taken
 
 
 class Decoder(Protocol):
@@ -165,6 +173,9 @@ class Run:
     generated: list[int]
     paused: int = 0
     evaluated: int = 0
+    drafted: int = 0  # draft tokens checked
+    accepted: int = 0  # draft tokens the model agreed with
+    draft_at: int = 0  # where in the draft the output was last matched
 
     def text_with(self, tokens: Sequence[int]) -> str | None:
         """The completion text after `generated` + `tokens`; None while still healing."""
@@ -215,6 +226,8 @@ class GreedyDecoder:
             decode_ms=(time.perf_counter() - prefilled) * 1000,
             paused_steps=run.paused,
             evaluated_tokens=run.evaluated,
+            drafted_tokens=run.drafted,
+            accepted_tokens=run.accepted,
         )
 
     def generate(
@@ -227,8 +240,12 @@ class GreedyDecoder:
         full = ""  # everything generated, healed text included
         text = ""
         reason = "length"
+        known: list[int] = []  # drafted tokens the model confirmed: already in the cache
+        pending_logits = logits  # the logits after the last of them
         while len(generated) < params.max_tokens:
-            if healing and len(full) < len(healed):
+            if known:
+                tokens = known
+            elif healing and len(full) < len(healed):
                 tokens = [healing.pick(backend, logits, healed[len(full) :])]
             else:
                 tokens = self.choose(run, logits)
@@ -255,9 +272,44 @@ class GreedyDecoder:
             if done:
                 break
             cancel.check()
-            logits = backend.forward(cache, fed)
-            run.evaluated += len(fed)
+            if known:  # their logits came with the draft's check
+                known, logits = [], pending_logits
+                continue
+            draft = _copy_draft(run) if params.draft and len(full) >= len(healed) else []
+            if not draft:
+                logits = backend.forward(cache, fed)
+                run.evaluated += len(fed)
+                continue
+            out = backend.forward(cache, [*fed, *draft], every=True)
+            run.evaluated += len(fed) + len(draft)
+            agreed = 0
+            while agreed < len(draft) and int(np.argmax(out[len(fed) - 1 + agreed])) == draft[agreed]:
+                agreed += 1
+            backend.truncate(cache, len(cache.tokens) - (len(draft) - agreed))
+            run.drafted += len(draft)
+            run.accepted += agreed
+            run.draft_at += agreed
+            known, pending_logits = draft[:agreed], out[len(fed) - 1 + agreed]
+            if not known:
+                logits = pending_logits
         return generated, text, reason
+
+
+def _copy_draft(run: Run, match: int = 3) -> list[int]:
+    """The draft tokens that follow where the output's last tokens stand in the draft, looked
+    for from where the output last matched it, then from its start."""
+    source, generated, length = run.params.draft, run.generated, run.params.draft_length
+    if not generated:
+        run.draft_at = 0
+        return list(source[:length])
+    for n in range(min(match, len(generated)), 0, -1):
+        tail = tuple(generated[-n:])
+        for start in (run.draft_at, 0):
+            for end in range(max(n, start), len(source)):
+                if tuple(source[end - n : end]) == tail:
+                    run.draft_at = end
+                    return list(source[end : end + length])
+    return []
 
 
 @dataclass(frozen=True)
@@ -268,6 +320,7 @@ class Lookahead:
     continuation: tuple[int, ...]
     logprobs: tuple[float, ...]  # of the token, then of each continuation token
     entropies: tuple[float, ...]  # of the distribution each continuation token came from
+    empty: bool = False  # the branch ends the completion with nothing but whitespace written
 
     @property
     def score(self) -> float:
@@ -316,9 +369,20 @@ def look_ahead(run: Run, logits: np.ndarray, top_k: int, length: int) -> list[Lo
             elif len(scores[i]) <= length:
                 feed.append((i, token, node[i]))
     return [
-        Lookahead(c, tuple(b[1:]), tuple(lp), tuple(h))
+        Lookahead(c, tuple(b[1:]), tuple(lp), tuple(h), _ends_empty(run, b))
         for c, b, lp, h in zip(candidates, branches, scores, spreads, strict=True)
     ]
+
+
+def _ends_empty(run: Run, branch: Sequence[int]) -> bool:
+    """Whether taking `branch` would end the completion with no code written at all."""
+    if not run.ends(branch):
+        return False
+    tokens = list(branch[:-1] if branch[-1] in run.params.stop_ids else branch)
+    text = run.text_with(tokens) or ""
+    check = run.params.stop_check
+    keep = check(text) if check is not None else None
+    return not (text if keep is None else text[:keep]).strip()
 
 
 class AdaDecDecoder(GreedyDecoder):
@@ -338,8 +402,12 @@ class AdaDecDecoder(GreedyDecoder):
             return [int(np.argmax(logits))]
         run.paused += 1
         branches = look_ahead(run, logits, self.top_k, self.lookahead)
+        # A branch that ends at once has a mean over one or two sure tokens and would win for
+        # being short: reranking may change what is written, not turn a suggestion into none.
+        greedy = branches[0]
+        contenders = [b for b in branches if not b.empty or b is greedy]
         # max() keeps the first of equal scores: the likelier candidate wins a tie.
-        best = max(branches, key=lambda b: b.score)
+        best = max(contenders, key=lambda b: b.score)
         # The winner's lookahead is what greedy decoding would produce next, up to the first
         # step uncertain enough to pause: take those tokens now, committed in one forward
         # pass instead of one pass each.

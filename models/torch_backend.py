@@ -126,7 +126,7 @@ class TorchBackend:
         return TorchCache(kv=DynamicCache(config=self.model.config))
 
     @torch.inference_mode()
-    def forward(self, cache: TorchCache, tokens: Sequence[int]) -> np.ndarray:
+    def forward(self, cache: TorchCache, tokens: Sequence[int], every: bool = False) -> np.ndarray:
         if not tokens:
             raise ValueError("forward needs at least one new token")
         self._drop_tree(cache)
@@ -139,9 +139,11 @@ class TorchBackend:
             use_cache=True,
             cache_position=positions,
             position_ids=positions.unsqueeze(0),
-            logits_to_keep=1,
+            logits_to_keep=0 if every else 1,
         )
         cache.tokens.extend(int(t) for t in tokens)
+        if every:
+            return out.logits[0].float().cpu().numpy()
         return out.logits[0, -1].float().cpu().numpy()
 
     @torch.inference_mode()

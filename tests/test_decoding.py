@@ -111,10 +111,10 @@ class Wrapped:
     def truncate(self, cache, length):
         self.inner.truncate(cache, length)
 
-    def forward(self, cache, tokens):
+    def forward(self, cache, tokens, every=False):
         self.calls.append(len(tokens))
         self.hook(len(self.calls), tokens)
-        return self.inner.forward(cache, tokens)
+        return self.inner.forward(cache, tokens, every=every)
 
     def forward_tree(self, cache, tokens, parents):
         self.tree_calls.append(len(tokens))
@@ -669,6 +669,41 @@ def test_a_forced_pause_takes_the_candidate_with_the_best_lookahead(lively) -> N
     assert beaten > 0
 
 
+def test_a_pause_never_turns_a_completion_into_an_empty_one(lively, monkeypatch) -> None:
+    import nextab.models.decoding as decoding
+
+    # A runner-up that ends the completion at once is scored by its own log-probability
+    # alone and beats the greedy branch's mean over six tokens: it must not win the pause.
+    branches = [
+        decoding.Lookahead(5, (6, 7, 8, 9, 10), (-0.9, -1.5, -2.0, -1.0, -0.5, -0.4), (0.1,) * 5),
+        decoding.Lookahead(0, (), (-1.0,), (), empty=True),
+        decoding.Lookahead(11, (12,), (-1.2, -1.3), (0.2,)),
+    ]
+    assert branches[1].score > branches[0].score > branches[2].score
+    monkeypatch.setattr(decoding, "look_ahead", lambda run, logits, top_k, length: branches)
+    run = decoding.Run(lively, lively.new_cache(), params(8), NEVER_CANCELLED, "", [])
+    taken = AdaDecDecoder(threshold=-math.inf).choose(run, np.zeros(4, np.float32))
+    assert taken == [5] and run.paused == 1  # (its lookahead is not sure enough to take: threshold -inf)
+    # When greedy itself ends the completion, that is still its to decide.
+    branches[0], branches[1] = branches[1], branches[0]
+    assert AdaDecDecoder(threshold=-math.inf).choose(run, np.zeros(4, np.float32)) == [0]
+
+
+def test_ended_branches_know_whether_they_wrote_anything(lively) -> None:
+    import nextab.models.decoding as decoding
+
+    prompt = lively.tokenize(CODE)
+    logits = cold_logits(lively, prompt)
+    top = [int(t) for t in np.argsort(-logits)[:3]]
+    cache = lively.new_cache()
+    prefill(lively, cache, prompt, NEVER_CANCELLED)
+    # The runner-up is an end token: its branch ends at once with nothing written.
+    run = decoding.Run(lively, cache, params(8, stop_ids=[top[1]]), NEVER_CANCELLED, "", [])
+    found = {b.token: b for b in decoding.look_ahead(run, logits, 3, 4)}
+    assert found[top[1]].empty and found[top[1]].continuation == ()
+    assert not found[top[0]].empty and not found[top[2]].empty
+
+
 def test_lookahead_reuses_the_cached_prompt(lively) -> None:
     prompt = lively.tokenize(CODE)
     wrapped = Wrapped(lively)
@@ -808,3 +843,68 @@ def test_beam_does_not_stop_at_early_endings_while_a_better_beam_is_unfinished(l
     )
     assert result.stop_reason != "eos" and len(result.tokens) == 6
     assert _mean_logprob(lively, prompt, result.tokens) >= _mean_logprob(lively, prompt, greedy) - 1e-4
+
+
+# --- drafting from text the output copies ----------------------------------------------------
+
+
+def _greedy(backend, prompt, max_tokens=24, **extra):
+    wrapped = Wrapped(backend)
+    cache = wrapped.new_cache()
+    result = GreedyDecoder().decode(
+        wrapped, cache, prompt, DecodeParams(max_tokens, frozenset(), **extra), NEVER_CANCELLED
+    )
+    return result, wrapped, cache
+
+
+def test_forward_every_gives_each_position_s_logits(lively) -> None:
+    prompt = lively.tokenize(CODE)
+    cache = lively.new_cache()
+    lively.forward(cache, prompt[:3])
+    every = lively.forward(cache, prompt[3:], every=True)
+    assert every.shape == (len(prompt) - 3, lively.info.vocab_size)
+    for row in (0, len(prompt) - 4):
+        np.testing.assert_allclose(every[row], cold_logits(lively, prompt[: 4 + row]), atol=1e-4)
+
+
+def test_a_draft_of_the_output_itself_is_taken_in_few_passes(lively) -> None:
+    prompt = lively.tokenize(CODE)
+    plain, plain_backend, _ = _greedy(lively, prompt)
+    drafted, drafted_backend, cache = _greedy(lively, prompt, draft=plain.tokens, draft_length=8)
+    assert drafted.tokens == plain.tokens and drafted.text == plain.text
+    # Prefill, then each pass checks a token and the next 8 drafted ones: 24 tokens in 3.
+    assert len(plain_backend.calls) == 24
+    assert len(drafted_backend.calls) <= 4
+    # The cache holds the prompt and (most of) the output, checked drafts included.
+    assert len(cache.tokens) >= len(prompt) + len(plain.tokens) - 1
+    assert list(cache.tokens) == [*prompt, *plain.tokens][: len(cache.tokens)]
+
+
+@pytest.mark.parametrize("change", ["unrelated", "one token off"])
+def test_a_wrong_draft_changes_nothing_but_the_passes(lively, change) -> None:
+    prompt = lively.tokenize(CODE)
+    plain, plain_backend, _ = _greedy(lively, prompt)
+    if change == "unrelated":
+        draft = tuple(lively.tokenize(OTHER))
+    else:
+        draft = (*plain.tokens[:10], (plain.tokens[10] + 1) % lively.info.vocab_size, *plain.tokens[11:])
+    drafted, drafted_backend, cache = _greedy(lively, prompt, draft=draft)
+    assert drafted.tokens == plain.tokens
+    if change == "one token off":
+        assert len(drafted_backend.calls) < len(plain_backend.calls) / 2
+    # What the cache holds is still exactly what the model read: rejected drafts are gone.
+    assert list(cache.tokens) == [*prompt, *plain.tokens][: len(cache.tokens)]
+    lively.truncate(cache, len(prompt) + len(plain.tokens) - 1)
+    more = lively.forward(cache, [plain.tokens[-1]])
+    np.testing.assert_allclose(more, cold_logits(lively, [*prompt, *plain.tokens]), atol=1e-4)
+
+
+def test_stop_rules_hold_inside_a_draft(lively) -> None:
+    prompt = lively.tokenize(CODE)
+    plain, _, _ = _greedy(lively, prompt)
+    cut = len(lively.detokenize(plain.tokens[:7]))
+    stop = lambda text: cut if len(text) >= cut else None  # noqa: E731
+    expected, _, _ = _greedy(lively, prompt, stop_check=stop)
+    drafted, _, _ = _greedy(lively, prompt, stop_check=stop, draft=plain.tokens)
+    assert (drafted.text, drafted.stop_reason) == (expected.text, "stop")
+    assert drafted.tokens == expected.tokens
