@@ -17,12 +17,16 @@ from typing import TYPE_CHECKING, Any
 from lsprotocol import types
 from pygls.exceptions import JsonRpcInvalidParams
 from pygls.lsp.server import LanguageServer
+from pygls.protocol import LanguageServerProtocol
+from pygls.protocol.language_server import lsp_method
 
 from nextab import __version__
 from nextab.config import Config, load
 from nextab.context.document import Document, Position, PositionError, Range
+from nextab.context.history import EditHistory
 from nextab.engine import CompletionRequest, Engine, Suggestion
 from nextab.models.decoding import Cancelled, CancelToken
+from nextab.nextedit import EditSuggestion, NextEditRequest, NextEditResult
 
 if TYPE_CHECKING:
     from nextab.context.workspace import Workspace
@@ -36,10 +40,27 @@ _REINDEX_DELAY_S = 0.75
 # Settings that need the model reloaded when they change.
 _MODEL_KEYS = ("model", "device", "dtype")
 
+# nextab's own requests and notifications, announced under `experimental.nextab` in the
+# server's capabilities.
+NEXT_EDIT = "nextab/nextEdit"
+NEXT_EDIT_PUSHED = "nextab/nextEditSuggestion"
+
+
+class _Protocol(LanguageServerProtocol):
+    @lsp_method(types.INITIALIZE)
+    def lsp_initialize(self, params: types.InitializeParams) -> Any:
+        result = yield from super().lsp_initialize(params)
+        server = self._server
+        enabled = isinstance(server, NextabServer) and server.config.next_edit.enabled
+        result.capabilities.experimental = {
+            "nextab": {"nextEdit": enabled, "nextEditPush": enabled and server.config.next_edit.push}
+        }
+        return result
+
 
 class NextabServer(LanguageServer):
     def __init__(self, config: Config, engine_factory: EngineFactory = Engine.load) -> None:
-        super().__init__("nextab", __version__)
+        super().__init__("nextab", __version__, protocol_cls=_Protocol)
         self.config = config
         self.engine_factory = engine_factory
         self.documents: dict[str, Document] = {}
@@ -48,7 +69,13 @@ class NextabServer(LanguageServer):
         self.config_messages: list[str] = []
         self.workspace_root: str | None = None
         self._index_pending: dict[str, asyncio.TimerHandle] = {}
+        self._push_pending: dict[str, asyncio.TimerHandle] = {}
+        self._pushes: set[asyncio.Future[None]] = set()
         self._opening: asyncio.Future[None] | None = None
+        # Edits are recorded before any workspace exists (and with none at all): next-edit
+        # prediction needs them either way. An opened workspace takes over with its own
+        # persisted history.
+        self._history = EditHistory()
 
     def start_engine(self) -> None:
         """Load the model in the background; requests wait for it instead of failing."""
@@ -103,6 +130,10 @@ class NextabServer(LanguageServer):
             return
         for doc in self.documents.values():
             workspace.open_document(workspace.relative(doc.uri), doc.text)
+
+    def history(self) -> EditHistory:
+        workspace = self.workspace()
+        return workspace.history if workspace is not None else self._history
 
     def workspace(self) -> Workspace | None:
         future = self.engine_future
@@ -204,6 +235,87 @@ class NextabServer(LanguageServer):
         return doc, offset, suggestion
 
 
+    async def next_edit(self, uri: str, position: types.Position | None) -> tuple[Document, NextEditResult] | None:
+        """Next-edit suggestions for a document; a newer request for it cancels this one."""
+        doc = self.document(uri)
+        try:
+            offset = (
+                doc.offset_at(Position(position.line, position.character))
+                if position is not None
+                else None
+            )
+        except PositionError as error:
+            raise JsonRpcInvalidParams(str(error)) from None
+        if doc.inflight is not None:
+            doc.inflight.cancel()
+        token = CancelToken()
+        doc.inflight = token
+        history = self.history()
+        request = NextEditRequest(
+            document=doc,
+            text=doc.text,
+            offset=offset if offset is not None else _end_of_last_edit(history, doc),
+            edits=tuple(history.edits(include_open=True)),
+            diffs=history.render(self.config.context.recent_edits_chars, include_open=True),
+            path=_display_path(uri),
+        )
+        try:
+            engine = await self.engine()
+            if engine is None or token.cancelled:
+                return None
+            loop = asyncio.get_running_loop()
+            result = await loop.run_in_executor(self.model_thread, engine.next_edit, request, token)
+        except asyncio.CancelledError:
+            token.cancel()
+            raise
+        except Cancelled:
+            return None
+        finally:
+            if doc.inflight is token:
+                doc.inflight = None
+        m = result.metrics
+        log.info(
+            "%s next edit: %d suggestions, %d locations, %d model calls, %.0f ms",
+            _display_path(uri), len(result.suggestions), m.locations, m.model_calls, m.total_ms,
+        )
+        return doc, result
+
+    def schedule_push(self, doc: Document) -> None:
+        """After an edit and a pause in typing, push the next-edit suggestion, if enabled."""
+        settings = self.config.next_edit
+        if not (settings.enabled and settings.push):
+            return
+        pending = self._push_pending.pop(doc.uri, None)
+        if pending is not None:
+            pending.cancel()
+        loop = asyncio.get_running_loop()
+
+        def fire() -> None:
+            self._push_pending.pop(doc.uri, None)
+            if self.documents.get(doc.uri) is doc:
+                task = asyncio.ensure_future(self._push(doc, doc.version))
+                self._pushes.add(task)
+                task.add_done_callback(self._pushes.discard)
+
+        self._push_pending[doc.uri] = loop.call_later(settings.push_delay_ms / 1000, fire)
+
+    async def _push(self, doc: Document, version: int) -> None:
+        try:
+            found = await self.next_edit(doc.uri, None)
+        except Exception:
+            log.exception("next-edit push for %s failed", doc.uri)
+            return
+        if found is None or doc.version != version or not found[1].suggestions:
+            return
+        self.protocol.notify(
+            NEXT_EDIT_PUSHED,
+            {
+                "textDocument": {"uri": doc.uri, "version": version},
+                "suggestions": [_suggestion_json(doc, s) for s in found[1].suggestions],
+            },
+        )
+
+
 class _Progress:
     """Index progress from the indexing thread to `$/progress`, at most a few reports a second."""
 
@@ -299,7 +411,7 @@ def create_server(config: Config, engine_factory: EngineFactory = Engine.load) -
         if doc is None:
             log.warning("didChange for %s, which is not open: ignored", params.text_document.uri)
             return
-        workspace = ls.workspace()
+        history = ls.history()
         version = params.text_document.version
         for change in params.content_changes:
             before = doc.text
@@ -315,10 +427,10 @@ def create_server(config: Config, engine_factory: EngineFactory = Engine.load) -
             else:
                 start, end = 0, len(before)
                 doc.apply_change(change.text)
-            if workspace is not None:
-                workspace.history.record(doc.uri, before, start, end, change.text, version)
+            history.record(doc.uri, before, start, end, change.text, version)
         doc.version = version
         ls.schedule_reindex(doc)
+        ls.schedule_push(doc)
         if doc.inflight is not None:
             doc.inflight.cancel()  # its answer would be for text that no longer exists
 
@@ -329,9 +441,12 @@ def create_server(config: Config, engine_factory: EngineFactory = Engine.load) -
             return
         if doc.inflight is not None:
             doc.inflight.cancel()
+        ls.history().close_open_edits()
+        pending = ls._push_pending.pop(doc.uri, None)
+        if pending is not None:
+            pending.cancel()
         workspace = ls.workspace()
         if workspace is not None:
-            workspace.history.close_open_edits()
             workspace.close_document(workspace.relative(doc.uri))
         if ls.engine_future is not None and ls.engine_future.done() and not ls.engine_future.exception():
             ls.model_thread.submit(ls.engine_future.result().forget, doc)
@@ -381,6 +496,23 @@ def create_server(config: Config, engine_factory: EngineFactory = Engine.load) -
         # Incomplete: the next keystroke changes the suggestion, so the client must ask again.
         return types.CompletionList(is_incomplete=True, items=[item])
 
+    @server.feature(NEXT_EDIT)
+    async def next_edit(ls: NextabServer, params: Any) -> dict[str, Any] | None:
+        """`nextab/nextEdit`: {textDocument: {uri}, position} -> {suggestions: [...]}; each
+        suggestion has the `range` to replace, `newText`, `score`, `source`, `reason`, and
+        `atCursor` (inline at the cursor's line) or not (a jump elsewhere)."""
+        if not ls.config.next_edit.enabled:
+            return {"suggestions": []}
+        uri, position = _next_edit_params(params)
+        found = await ls.next_edit(uri, position)
+        if found is None:
+            return None
+        doc, result = found
+        return {
+            "suggestions": [_suggestion_json(doc, s) for s in result.suggestions],
+            "timings": {"totalMs": round(result.metrics.total_ms, 1)},
+        }
+
     @server.feature(types.SHUTDOWN)
     def shutdown(ls: NextabServer, params: None) -> None:
         for doc in ls.documents.values():
@@ -393,6 +525,51 @@ def create_server(config: Config, engine_factory: EngineFactory = Engine.load) -
         ls.model_thread.shutdown(wait=False, cancel_futures=True)
 
     return server
+
+
+def _field(value: Any, *names: str) -> Any:
+    # Custom requests arrive as plain JSON objects: dicts, or pygls's attribute objects.
+    for name in names:
+        value = value.get(name) if isinstance(value, dict) else getattr(value, name, None)
+        if value is None:
+            return None
+    return value
+
+
+def _next_edit_params(params: Any) -> tuple[str, types.Position | None]:
+    uri = _field(params, "textDocument", "uri")
+    if not isinstance(uri, str):
+        raise JsonRpcInvalidParams("nextab/nextEdit needs textDocument.uri")
+    line, character = _field(params, "position", "line"), _field(params, "position", "character")
+    if line is None and character is None:
+        return uri, None  # at the end of the last edit
+    if not isinstance(line, int) or not isinstance(character, int) or line < 0 or character < 0:
+        raise JsonRpcInvalidParams("nextab/nextEdit: position needs line and character (integers >= 0)")
+    return uri, types.Position(line=line, character=character)
+
+
+def _end_of_last_edit(history: EditHistory, doc: Document) -> int:
+    edits = [e for e in history.edits(include_open=True) if e.uri == doc.uri]
+    if not edits:
+        return 0
+    return min(len(doc.text), edits[-1].start + len(edits[-1].new))
+
+
+def _suggestion_json(doc: Document, suggestion: EditSuggestion) -> dict[str, Any]:
+    start = doc.position_at(suggestion.edit.start)
+    end = doc.position_at(suggestion.edit.end)
+    return {
+        "range": {
+            "start": {"line": start.line, "character": start.character},
+            "end": {"line": end.line, "character": end.character},
+        },
+        "newText": suggestion.edit.new_text,
+        "score": round(suggestion.score, 4),
+        "source": suggestion.source,
+        "reason": suggestion.reason,
+        "atCursor": suggestion.at_cursor,
+        "lines": {"start": suggestion.start_line, "end": suggestion.end_line},
+    }
 
 
 def _encoding(ls: NextabServer) -> Any:

@@ -59,6 +59,29 @@ class AdaDecConfig:
 
 
 @dataclass(frozen=True)
+class NextEditConfig:
+    """Next-edit suggestions (`nextab/nextEdit`): where the next edit is, and what it is."""
+
+    enabled: bool = True  # serve nextab/nextEdit and push suggestions after an edit pause
+    repeat: bool = True  # the repeat-edit proposer (no model: renames, repeated changes)
+    model_step: bool = True  # the model's edit step where the proposer has no edit
+    max_locations: int = 8  # candidate locations kept per request
+    # Rank the candidates by the model's likelihood that the window changes (1 - the
+    # probability of copying it unchanged) before rewriting the best: one scoring pass per
+    # candidate, so "auto" ranks on a GPU and keeps the structural order on a CPU.
+    rank_with_model: Literal["auto", "on", "off"] = "auto"
+    model_locations: int = 2  # of which the model rewrites at most this many (each costs a pass)
+    window_lines: int = 5  # the editable region around a location
+    excerpt_lines: int = 15  # code shown on each side of the region
+    extra_tokens: int = 48  # the rewrite may be this many tokens longer than the region
+    max_suggestions: int = 3
+    # Push `nextab/nextEditSuggestion` after an edit and a pause in typing (for editors that
+    # show it; off by default, since a client that ignores it would only pay for the work).
+    push: bool = False
+    push_delay_ms: int = 600
+
+
+@dataclass(frozen=True)
 class Config:
     model: str = "embedded"  # "embedded", a model directory, a .gguf file or a hub id
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:N", "mps"
@@ -73,6 +96,7 @@ class Config:
     completion: CompletionConfig = field(default_factory=CompletionConfig)
     context: ContextConfig = field(default_factory=ContextConfig)
     adadec: AdaDecConfig = field(default_factory=AdaDecConfig)
+    next_edit: NextEditConfig = field(default_factory=NextEditConfig)
 
 
 # Integer settings and their inclusive ranges.
@@ -93,6 +117,13 @@ _RANGES: dict[str, tuple[int, int]] = {
     "edit_pause_ms": (0, 600_000),
     "top_k": (1, 32),
     "lookahead": (1, 64),
+    "max_locations": (1, 100),
+    "model_locations": (0, 32),
+    "window_lines": (1, 60),
+    "excerpt_lines": (0, 500),
+    "extra_tokens": (0, 1024),
+    "max_suggestions": (1, 50),
+    "push_delay_ms": (0, 60_000),
 }
 _CHECKS: dict[str, Callable[[Any], bool]] = {
     **{name: (lambda v, lo=lo, hi=hi: lo <= v <= hi) for name, (lo, hi) in _RANGES.items()},

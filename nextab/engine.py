@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+import numpy as np
+
 from nextab.config import Config, ContextConfig
 from nextab.context.compress import CompressionCancelled
 from nextab.context.cursor import RequestedMode, decide_mode, surroundings
@@ -34,6 +36,7 @@ from nextab.models.decoding import (
     CancelToken,
     DecodeParams,
     Decoder,
+    DecodeResult,
     Healing,
     make_decoder,
     split_for_healing,
@@ -46,11 +49,15 @@ from nextab.models.fim import (
     render,
     stop_token_ids,
 )
+from nextab.models.rewrite import RewriteInput
+from nextab.models.rewrite import render as render_rewrite
+from nextab.models.rewrite import stop_check as rewrite_stop_check
 from nextab.models.scoring import BackendScorer
 from nextab.models.stopping import Mode, StopRules, Trimmed, finalize
 
 if TYPE_CHECKING:
     from nextab.context.workspace import ProgressFn, Workspace
+    from nextab.nextedit import NextEditRequest, NextEditResult
 
 log = logging.getLogger(__name__)
 
@@ -116,10 +123,14 @@ class Engine:
         self.model_path = model_path
         self.template: FimTemplate = choose_template(backend, config.fim_template)
         self.stop_ids = stop_token_ids(self.template, backend)
+        self.rewrite_stop_ids = _rewrite_stop_ids(backend, self.stop_ids)
         self.decoder: Decoder = self._make_decoder(config)
         # One model, one thread at a time: the KV caches and the model are not thread-safe.
         self._lock = threading.Lock()
         self._cached: OrderedDict[int, weakref.ref[Document]] = OrderedDict()
+        # Next-edit prompts share their start (instructions, recent edits) with each other,
+        # not with any document's completion prompt: they get a cache of their own.
+        self._rewrite_cache: KVCache | None = None
         self.workspace: Workspace | None = None
         # Completions waiting for the model: background preparation yields to them.
         self._waiting = 0
@@ -338,6 +349,62 @@ class Engine:
             ),
         )
 
+    def next_edit(
+        self, request: NextEditRequest, cancel: CancelToken = NEVER_CANCELLED
+    ) -> NextEditResult:
+        """Where the developer will likely edit next, and the edit (`nextab/nextedit.py`)."""
+        from nextab.nextedit import predict
+
+        try:
+            return predict(self.config.next_edit, request, self, cancel)
+        finally:
+            self._last_request = time.monotonic()
+
+    def rewrite(self, material: RewriteInput, extra_tokens: int, cancel: CancelToken) -> DecodeResult:
+        """The model rewrites a window for next-edit prediction, on a cache of its own (the
+        prompts for one edit's candidate locations share their start, not a document's)."""
+        prompt = render_rewrite(self.backend, material)
+        params = DecodeParams(
+            max_tokens=len(prompt.draft) + extra_tokens,
+            stop_ids=self.rewrite_stop_ids,
+            stop_check=rewrite_stop_check,
+            draft=prompt.draft,
+        )
+        self._waiting += 1
+        try:
+            with self._lock:
+                self._waiting -= 1
+                cancel.check()
+                if self._rewrite_cache is None:
+                    self._rewrite_cache = self.backend.new_cache()
+                return self.decoder.decode(self.backend, self._rewrite_cache, prompt.ids, params, cancel)
+        finally:
+            if self.workspace is not None and self.workspace.pending():
+                self._wake.set()
+
+    def copy_logprobs(self, materials: Sequence[RewriteInput], cancel: CancelToken) -> list[float]:
+        """Per window, log P(the rewrite is the window unchanged): teacher-forced, one
+        sequence per call so that a newer request can take the model in between."""
+        found = []
+        for material in materials:
+            prompt = render_rewrite(self.backend, material)
+            self._waiting += 1
+            try:
+                with self._lock:
+                    self._waiting -= 1
+                    cancel.check()
+                    (logprobs,) = self.backend.token_logprobs(
+                        [[*prompt.ids, *prompt.draft]], [len(prompt.ids)]
+                    )
+            finally:
+                if self.workspace is not None and self.workspace.pending():
+                    self._wake.set()
+            found.append(float(np.sum(logprobs, dtype=np.float64)))
+        return found
+
+    def ranks_locations(self, setting: str) -> bool:
+        return setting == "on" or (setting == "auto" and self.backend.info.device != "cpu")
+
     def _shown_path(self, path: str | None) -> str | None:
         # Inside a workspace the model sees the same relative paths as for the other files.
         if path is None or self.workspace is None:
@@ -420,6 +487,13 @@ def _cancelled_when_interrupted() -> Iterator[None]:
         raise CompressionCancelled from exc
 
 
+def _rewrite_stop_ids(backend: Backend, fim_stops: frozenset[int]) -> frozenset[int]:
+    # A chat model ends its answer with <|im_end|>; the FIM stops (end of text, file
+    # separators) end a rewrite as well.
+    end = backend.special_token_id("<|im_end|>")
+    return fim_stops | ({end} if end is not None else set())
+
+
 def _requested_mode(requested: RequestedMode, multiline: str) -> RequestedMode:
     if requested != "auto":
         return requested
@@ -427,12 +501,13 @@ def _requested_mode(requested: RequestedMode, multiline: str) -> RequestedMode:
 
 
 def _inserts_whole_line(mode: str, rules: StopRules, stop_reason: str, text: str) -> bool:
-    # At column 0 before existing code, a one-line suggestion is a new line above that code.
+    """At column 0 before existing code, a suggestion is new lines above that code: it must end
+    with a line end, or its last line would run into the code (and the syntax check would
+    then cut the whole suggestion away)."""
     around = rules.around
-    return (
-        mode == "line"
-        and stop_reason == "stop"
-        and bool(text.strip())
-        and around.line_prefix == ""
-        and bool(around.rest_of_line.strip())
-    )
+    if not (text.strip() and around.line_prefix == "" and around.rest_of_line.strip()):
+        return False
+    if text.endswith("\n"):
+        return False
+    # A line cut short by the token limit is no line to insert; a block's earlier lines are.
+    return stop_reason == "stop" or (mode == "block" and "\n" in text)

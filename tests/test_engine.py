@@ -299,6 +299,30 @@ def test_whole_line_inserted_above_code(tiny_backend):
     assert s.text == "y = 2\n"  # a new line above "print(x)"
 
 
+def test_block_inserted_above_code_ends_with_a_line_end(tiny_backend):
+    # HumanEval's multi-line holes: the cursor at column 0 of the line after the hole. The
+    # block is new lines above that code; without a final line end its last line would run
+    # into the code, and the syntax check would cut the whole block away.
+    text = 'def f(xs):\n    """Sum."""\n\n    return total\n'
+    offset = text.index("    return")
+    script = "    total = 0\n    for x in xs:\n        total += x\n    return total\n"
+
+    def block(max_tokens: int | None = None) -> Suggestion:
+        engine = Engine(CLASSIC, Scripted(tiny_backend, script))
+        doc = Document("file:///a.py", text, "python")
+        return engine.complete(CompletionRequest(doc, offset, text, mode="block", max_tokens=max_tokens))
+
+    s = block()
+    assert s.mode == "block" and s.stop_reason == "stop"
+    assert s.text == "    total = 0\n    for x in xs:\n        total += x\n"
+    # Cut short by the token limit: the whole lines before the cut stay, as lines.
+    s = block(max_tokens=14)
+    assert s.stop_reason == "length"
+    assert s.text.endswith("\n") and "    total = 0\n" in s.text and s.text.count("\n") >= 1
+    filled = text[:offset] + s.text + text[offset:]
+    compile(filled, "f.py", "exec")
+
+
 def test_block_completion_stops_at_the_dedent(tiny_backend):
     text = "def f(xs):\n    \n\nprint(f([1]))\n"
     offset = text.index("    \n") + 4

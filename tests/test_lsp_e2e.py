@@ -272,3 +272,92 @@ async def test_workspace_is_indexed_with_progress_and_edits_persist(
     stores = list((cache / "workspaces").glob("project-*/history.msgpack"))
     assert len(stores) == 1
     assert b"area(2)" in stores[0].read_bytes()
+
+
+# --- next edit -----------------------------------------------------------------------------
+
+SHOP = "def total(items):\n    count = 0\n    for item in items:\n        count += item.price\n    return count\n"
+
+
+def _get(value: Any, *names: str) -> Any:
+    """A field of a custom request's result, whichever way the client decoded the JSON."""
+    for name in names:
+        value = value[name] if isinstance(value, dict) else getattr(value, name)
+    return value
+
+
+def _rename_count(client: Client, uri: str) -> None:
+    client.text_document_did_change(
+        types.DidChangeTextDocumentParams(
+            text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=2),
+            content_changes=[
+                types.TextDocumentContentChangePartial(
+                    range=types.Range(types.Position(1, 4), types.Position(1, 9)), text="subtotal"
+                )
+            ],
+        )
+    )
+
+
+async def test_next_edit_follows_a_rename(tiny_model_dir: Path) -> None:
+    c = await _start(tiny_model_dir, {"nextEdit": {"modelLocations": 1, "extraTokens": 4}})
+    try:
+        assert _get(c.server_info.capabilities.experimental, "nextab", "nextEdit") is True
+        uri = "file:///work/shop.py"
+        _open(c, SHOP, uri)
+        _rename_count(c, uri)
+        result = await c.protocol.send_request_async(
+            "nextab/nextEdit",
+            {"textDocument": {"uri": uri}, "position": {"line": 1, "character": 12}},
+        )
+        suggestions = _get(result, "suggestions")
+        renames = [s for s in suggestions if _get(s, "source") == "rename"]
+        # The two other uses of `count`, nearest first, each as the minimal range edit.
+        assert [(_get(s, "range", "start", "line"), _get(s, "range", "start", "character"),
+                 _get(s, "range", "end", "character"), _get(s, "newText")) for s in renames] == [
+            (3, 8, 13, "subtotal"),
+            (4, 11, 16, "subtotal"),
+        ]  # fmt: skip
+        assert _get(suggestions[0], "source") == "rename"
+        assert all(_get(s, "atCursor") is False for s in renames)
+
+        # Bad input gets InvalidParams, and the server goes on serving.
+        for bad in ({"textDocument": {}}, {"textDocument": {"uri": uri}, "position": {"line": -1, "character": 0}},
+                    {"textDocument": {"uri": uri}, "position": {"line": 99, "character": 0}}):  # fmt: skip
+            with pytest.raises(JsonRpcException) as refused:
+                await c.protocol.send_request_async("nextab/nextEdit", bad)
+            assert refused.value.code == types.ErrorCodes.InvalidParams
+        again = await c.protocol.send_request_async("nextab/nextEdit", {"textDocument": {"uri": uri}})
+        assert [_get(s, "newText") for s in _get(again, "suggestions")][:2] == ["subtotal", "subtotal"]
+    finally:
+        await c.shutdown_async(None)
+        c.exit(None)
+        await c.stop()
+
+
+async def test_next_edit_is_pushed_after_a_pause_when_asked_for(tiny_model_dir: Path) -> None:
+    c = await _start(
+        tiny_model_dir, {"nextEdit": {"push": True, "pushDelayMs": 200, "modelStep": False}}
+    )
+    pushed: list[Any] = []
+
+    @c.feature("nextab/nextEditSuggestion")
+    def on_pushed(ls: Client, params: Any) -> None:
+        pushed.append(params)
+
+    try:
+        assert _get(c.server_info.capabilities.experimental, "nextab", "nextEditPush") is True
+        uri = "file:///work/shop.py"
+        _open(c, SHOP, uri)
+        _rename_count(c, uri)
+        for _ in range(100):
+            if pushed:
+                break
+            await asyncio.sleep(0.1)
+        assert pushed, "no suggestion was pushed"
+        assert _get(pushed[0], "textDocument", "version") == 2
+        assert [_get(s, "newText") for s in _get(pushed[0], "suggestions")] == ["subtotal", "subtotal"]
+    finally:
+        await c.shutdown_async(None)
+        c.exit(None)
+        await c.stop()
