@@ -33,6 +33,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from crossfile_tasks import DEFAULT_PROJECTS, Task, load_tasks
+from similarity import edit_similarity
 
 from nextab.config import Config, load
 from nextab.context.document import Document
@@ -56,18 +57,6 @@ def parse_condition(name: str, window: int) -> Condition:
     if strategy is None or not ratio.endswith("x"):
         raise SystemExit(f"unknown condition {name!r}: use none, full, bm25@Nx or lcz@Nx")
     return Condition(name, strategy, max(1, int(window / float(ratio[:-1]))))
-
-
-def edit_similarity(a: str, b: str) -> float:
-    if not a and not b:
-        return 1.0
-    previous = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        current = [i]
-        for j, cb in enumerate(b, 1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
-        previous = current
-    return 1.0 - previous[-1] / max(len(a), len(b))
 
 
 def first_line(text: str) -> str:

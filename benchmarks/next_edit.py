@@ -24,6 +24,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from similarity import edit_similarity
+
 from nextab.context.document import Document, split_lines
 from nextab.context.edits import Proposal, apply, lines_text
 from nextab.context.history import EditHistory
@@ -123,27 +127,6 @@ def overlaps(a_start: int, a_end: int, b_start: int, b_end: int) -> bool:
     return a_start < max(b_end, b_start + 1) and b_start < max(a_end, a_start + 1)
 
 
-def similarity(a: str, b: str) -> float:
-    """1 - normalised Levenshtein distance (distance / the longer length)."""
-    if a == b:
-        return 1.0
-    try:
-        from rapidfuzz.distance import Levenshtein
-    except ImportError:  # the same number, at Python speed (minutes over the whole set)
-        return _similarity(a, b)
-    return float(Levenshtein.normalized_similarity(a, b))
-
-
-def _similarity(a: str, b: str) -> float:
-    previous = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        current = [i]
-        for j, cb in enumerate(b, 1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
-        previous = current
-    return 1.0 - previous[-1] / max(len(a), len(b))
-
-
 def region_after(text: str, edit: Proposal, start: int, end: int) -> str:
     """Lines [start, end) of `text` (lines counted before the edit) once the edit is applied."""
     changed = apply(text, edit)
@@ -167,11 +150,11 @@ def score_case(case: Case, condition: str, result: Any) -> Outcome:
         lo = min(expected.start_line, predicted.start_line)
         hi = max(expected.end_line, predicted.end_line)
         union = (lo, hi)
-        sim = similarity(
+        sim = edit_similarity(
             region_after(case.buffer, predicted, lo, hi), region_after(case.buffer, expected, lo, hi)
         )
     unchanged = lines_text(case.buffer, *union)
-    sim_all = sim if sim is not None else similarity(unchanged, region_after(case.buffer, expected, *union))
+    sim_all = sim if sim is not None else edit_similarity(unchanged, region_after(case.buffer, expected, *union))
     return Outcome(
         id=case.id,
         condition=condition,

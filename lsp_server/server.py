@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from lsprotocol import types
 from pygls.exceptions import JsonRpcInvalidParams
@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 EngineFactory = Callable[[Config], Engine]
+_T = TypeVar("_T")
 
 _REINDEX_DELAY_S = 0.75
 
@@ -146,17 +147,30 @@ class NextabServer(LanguageServer):
         workspace = self.workspace()
         if workspace is None:
             return
-        pending = self._index_pending.pop(doc.uri, None)
-        if pending is not None:
-            pending.cancel()
-        loop = asyncio.get_running_loop()
 
         def update() -> None:
-            self._index_pending.pop(doc.uri, None)
             if self.documents.get(doc.uri) is doc:
                 workspace.open_document(workspace.relative(doc.uri), doc.text)
 
-        self._index_pending[doc.uri] = loop.call_later(_REINDEX_DELAY_S, update)
+        self._debounce(self._index_pending, doc.uri, _REINDEX_DELAY_S, update)
+
+    def _debounce(
+        self,
+        pending: dict[str, asyncio.TimerHandle],
+        uri: str,
+        delay_s: float,
+        action: Callable[[], None],
+    ) -> None:
+        """Run `action` once `delay_s` passed without another call for `uri`."""
+        earlier = pending.pop(uri, None)
+        if earlier is not None:
+            earlier.cancel()
+
+        def fire() -> None:
+            pending.pop(uri, None)
+            action()
+
+        pending[uri] = asyncio.get_running_loop().call_later(delay_s, fire)
 
     async def engine(self) -> Engine | None:
         if self.engine_future is None:
@@ -189,27 +203,22 @@ class NextabServer(LanguageServer):
             raise JsonRpcInvalidParams(f"document {uri} is not open")
         return doc
 
-    async def suggest(self, uri: str, position: types.Position) -> tuple[Document, int, Suggestion] | None:
-        doc = self.document(uri)
+    async def _on_model(
+        self,
+        doc: Document,
+        token: CancelToken,
+        work: Callable[[Engine], _T],
+        delay_s: float = 0.0,
+    ) -> _T | None:
+        """Run `work` on the model thread once the engine is up; None when superseded."""
         try:
-            offset = doc.offset_at(Position(position.line, position.character))
-        except PositionError as error:
-            raise JsonRpcInvalidParams(str(error)) from None
-        if doc.inflight is not None:
-            doc.inflight.cancel()
-        token = CancelToken()
-        doc.inflight = token
-        request = CompletionRequest(
-            document=doc, offset=offset, text=doc.text, path=_display_path(uri)
-        )
-        try:
-            if self.config.debounce_ms:
-                await asyncio.sleep(self.config.debounce_ms / 1000)
+            if delay_s:
+                await asyncio.sleep(delay_s)
             engine = await self.engine()
             if engine is None or token.cancelled:
                 return None
             loop = asyncio.get_running_loop()
-            suggestion = await loop.run_in_executor(self.model_thread, engine.complete, request, token)
+            return await loop.run_in_executor(self.model_thread, work, engine)
         except asyncio.CancelledError:
             token.cancel()  # the client's $/cancelRequest: stop the model thread too
             raise
@@ -218,6 +227,19 @@ class NextabServer(LanguageServer):
         finally:
             if doc.inflight is token:
                 doc.inflight = None
+
+    async def suggest(self, uri: str, position: types.Position) -> tuple[Document, int, Suggestion] | None:
+        doc = self.document(uri)
+        offset = _offset(doc, position)
+        token = _claim(doc)
+        request = CompletionRequest(
+            document=doc, offset=offset, text=doc.text, path=_display_path(uri)
+        )
+        suggestion = await self._on_model(
+            doc, token, lambda engine: engine.complete(request, token), self.config.debounce_ms / 1000
+        )
+        if suggestion is None:
+            return None
         m = suggestion.metrics
         log.info(
             "%s:%d:%d %s %.0f ms (prompt %d, context %d, reused %d, new %d) -> %r",
@@ -238,18 +260,8 @@ class NextabServer(LanguageServer):
     async def next_edit(self, uri: str, position: types.Position | None) -> tuple[Document, NextEditResult] | None:
         """Next-edit suggestions for a document; a newer request for it cancels this one."""
         doc = self.document(uri)
-        try:
-            offset = (
-                doc.offset_at(Position(position.line, position.character))
-                if position is not None
-                else None
-            )
-        except PositionError as error:
-            raise JsonRpcInvalidParams(str(error)) from None
-        if doc.inflight is not None:
-            doc.inflight.cancel()
-        token = CancelToken()
-        doc.inflight = token
+        offset = _offset(doc, position) if position is not None else None
+        token = _claim(doc)
         history = self.history()
         request = NextEditRequest(
             document=doc,
@@ -259,20 +271,9 @@ class NextabServer(LanguageServer):
             diffs=history.render(self.config.context.recent_edits_chars, include_open=True),
             path=_display_path(uri),
         )
-        try:
-            engine = await self.engine()
-            if engine is None or token.cancelled:
-                return None
-            loop = asyncio.get_running_loop()
-            result = await loop.run_in_executor(self.model_thread, engine.next_edit, request, token)
-        except asyncio.CancelledError:
-            token.cancel()
-            raise
-        except Cancelled:
+        result = await self._on_model(doc, token, lambda engine: engine.next_edit(request, token))
+        if result is None:
             return None
-        finally:
-            if doc.inflight is token:
-                doc.inflight = None
         m = result.metrics
         log.info(
             "%s next edit: %d suggestions, %d locations, %d model calls, %.0f ms",
@@ -285,19 +286,14 @@ class NextabServer(LanguageServer):
         settings = self.config.next_edit
         if not (settings.enabled and settings.push):
             return
-        pending = self._push_pending.pop(doc.uri, None)
-        if pending is not None:
-            pending.cancel()
-        loop = asyncio.get_running_loop()
 
-        def fire() -> None:
-            self._push_pending.pop(doc.uri, None)
+        def push() -> None:
             if self.documents.get(doc.uri) is doc:
                 task = asyncio.ensure_future(self._push(doc, doc.version))
                 self._pushes.add(task)
                 task.add_done_callback(self._pushes.discard)
 
-        self._push_pending[doc.uri] = loop.call_later(settings.push_delay_ms / 1000, fire)
+        self._debounce(self._push_pending, doc.uri, settings.push_delay_ms / 1000, push)
 
     async def _push(self, doc: Document, version: int) -> None:
         try:
@@ -525,6 +521,22 @@ def create_server(config: Config, engine_factory: EngineFactory = Engine.load) -
         ls.model_thread.shutdown(wait=False, cancel_futures=True)
 
     return server
+
+
+def _offset(doc: Document, position: types.Position) -> int:
+    try:
+        return doc.offset_at(Position(position.line, position.character))
+    except PositionError as error:
+        raise JsonRpcInvalidParams(str(error)) from None
+
+
+def _claim(doc: Document) -> CancelToken:
+    """A new request for `doc`: the one in flight is cancelled, its answer would be stale."""
+    if doc.inflight is not None:
+        doc.inflight.cancel()
+    token = CancelToken()
+    doc.inflight = token
+    return token
 
 
 def _field(value: Any, *names: str) -> Any:
