@@ -173,6 +173,7 @@ class Engine:
         with self._lock:
             self.template = choose_template(self.backend, config.fim_template)
             self.stop_ids = stop_token_ids(self.template, self.backend)
+            self.rewrite_stop_ids = _rewrite_stop_ids(self.backend, self.stop_ids)
             self.decoder = self._make_decoder(config)
             self.config = config
         if self.workspace is not None:
