@@ -14,6 +14,7 @@ from difflib import SequenceMatcher
 
 from nextab.context.document import split_lines
 from nextab.context.history import Edit
+from nextab.context.syntax import changed_span
 
 TOKEN = re.compile(r"[A-Za-z_]\w*|\d[\w.]*|\s+|\S")
 NAME = re.compile(r"[A-Za-z_]\w*\Z")
@@ -134,11 +135,17 @@ def minimal_edit(text: str, proposal: Proposal) -> TextEdit:
     start, end = offsets[min(proposal.start_line, last)], offsets[min(proposal.end_line, last)]
     after = apply(text, proposal)
     old, new = text[start:end], after[start : len(after) - (len(text) - end)]
-    prefix = 0
-    limit = min(len(old), len(new))
-    while prefix < limit and old[prefix] == new[prefix]:
-        prefix += 1
-    suffix = 0
-    while suffix < limit - prefix and old[len(old) - 1 - suffix] == new[len(new) - 1 - suffix]:
-        suffix += 1
-    return TextEdit(start + prefix, end - suffix, new[prefix : len(new) - suffix])
+    prefix, old_end, new_end = changed_span(old, new)
+    return TextEdit(start + prefix, start + old_end, new[prefix:new_end])
+
+
+def overlaps(a_start: int, a_end: int, b_start: int, b_end: int) -> bool:
+    """Whether two line ranges share a line (an empty range shares none)."""
+    return not (a_end <= b_start or a_start >= b_end)
+
+
+def nearness(line: int, change: LineChange) -> float:
+    """Closer to the change is higher; below it before above it at equal distance, since
+    people tend to work down a file."""
+    distance = line - change.new_end if line >= change.new_end else change.line - line + 0.5
+    return 1.0 / (2.0 + max(0.0, distance))

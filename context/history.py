@@ -28,6 +28,7 @@ from urllib.parse import unquote, urlsplit
 import msgpack
 
 from nextab.context.document import split_lines
+from nextab.context.syntax import changed_span
 
 log = logging.getLogger(__name__)
 
@@ -350,54 +351,23 @@ class EditHistory:
 # -- changes -----------------------------------------------------------------------------------
 
 
-def _common_prefix(a: str, b: str) -> int:
-    """Length of the common prefix, by halving slices so huge texts compare at C speed."""
-    lo, hi = 0, min(len(a), len(b))
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if a[lo:mid] == b[lo:mid]:
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo
-
-
-def _common_suffix(a: str, b: str, limit: int) -> int:
-    lo, hi = 0, min(len(a), len(b), limit)
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if a[len(a) - mid : len(a) - lo] == b[len(b) - mid : len(b) - lo]:
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo
-
-
 def _trim_change(before: str, start: int, end: int, new: str) -> tuple[int, int, str]:
     """Narrow a change to what it really changes (clients may resend whole lines or files)."""
     old = before[start:end]
     if not old or not new:
         return start, end, new
-    p = _common_prefix(old, new)
-    s = _common_suffix(old, new, min(len(old), len(new)) - p)
-    return start + p, end - s, new[p : len(new) - s]
+    p, old_end, new_end = changed_span(old, new)
+    return start + p, start + old_end, new[p:new_end]
 
 
 def _trim_common(
     start: int, old: str, new: str, head: str, tail: str
 ) -> tuple[int, str, str, str, str]:
     """Move text both sides of an edit share into its context (backspaced and retyped)."""
-    p = _common_prefix(old, new)
-    s = _common_suffix(old, new, min(len(old), len(new)) - p)
-    if not p and not s:
+    p, old_end, new_end = changed_span(old, new)
+    if not p and old_end == len(old):
         return start, old, new, head, tail
-    return (
-        start + p,
-        old[p : len(old) - s],
-        new[p : len(new) - s],
-        head + old[:p],
-        old[len(old) - s :] + tail,
-    )
+    return start + p, old[p:old_end], new[p:new_end], head + old[:p], old[old_end:] + tail
 
 
 def _truncate(text: str, max_chars: int) -> str:

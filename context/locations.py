@@ -22,6 +22,8 @@ from nextab.context.edits import (
     LineChange,
     Proposal,
     line_offsets,
+    nearness,
+    overlaps,
     token_changes,
     tokens,
 )
@@ -60,16 +62,11 @@ def candidates(
     found.sort(key=lambda location: -location.score)
     kept: list[Location] = []
     for location in found:
-        if all(location.end_line <= k.start_line or location.start_line >= k.end_line for k in kept):
+        if not any(overlaps(location.start_line, location.end_line, k.start_line, k.end_line) for k in kept):
             kept.append(location)
         if len(kept) == limit:
             break
     return kept
-
-
-def _nearness(line: int, change: LineChange) -> float:
-    distance = line - change.new_end if line >= change.new_end else change.line - line + 0.5
-    return 1.0 / (2.0 + max(0.0, distance))
 
 
 def _changed_function(text: str, change: LineChange, tree: Snapshot | None) -> str | None:
@@ -101,7 +98,7 @@ def _call_sites(text: str, lines: list[str], change: LineChange, tree: Snapshot 
     call = re.compile(rf"(?<![\w$]){re.escape(name)}\s*\(")
     definition = re.compile(rf"\b(def|function|fn|func)\s+{re.escape(name)}\b")
     return [
-        Location(number, number + 1, 3.0 + _nearness(number, change), f"calls {name}(), whose signature changed")
+        Location(number, number + 1, 3.0 + nearness(number, change), f"calls {name}(), whose signature changed")
         for number, line in enumerate(lines)
         if not change.line <= number < change.new_end and call.search(line) and not definition.search(line)
     ]
@@ -136,7 +133,7 @@ def _name_uses(lines: list[str], change: LineChange) -> list[Location]:
         if match:
             verb = "removed" if match.group(1) in removed else "introduced"
             found.append(
-                Location(number, number + 1, 2.0 + _nearness(number, change),
+                Location(number, number + 1, 2.0 + nearness(number, change),
                          f"uses {match.group(1)}, which the last edit {verb}")
             )
     return found

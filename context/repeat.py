@@ -14,7 +14,16 @@ import re
 from collections.abc import Callable, Sequence
 
 from nextab.context.document import split_lines
-from nextab.context.edits import KEYWORDS, NAME, LineChange, Proposal, token_changes, tokens
+from nextab.context.edits import (
+    KEYWORDS,
+    NAME,
+    LineChange,
+    Proposal,
+    nearness,
+    overlaps,
+    token_changes,
+    tokens,
+)
 
 # Code tokens of unchanged context kept around a repeated change: three on the left take in
 # the called name of an added argument (`log(total` + `, 'x'`), two on the right close it.
@@ -51,9 +60,7 @@ def propose(
 
 
 def _score(source: str, line: int, change: LineChange) -> float:
-    # Nearer first, and below the edit before above it at equal distance: people work down.
-    distance = line - change.new_end if line >= change.new_end else change.line - line + 0.5
-    return PRIORITY[source] + 1.0 / (2.0 + max(0.0, distance))
+    return PRIORITY[source] + nearness(line, change)
 
 
 # -- a rename ------------------------------------------------------------------------------------
@@ -201,6 +208,6 @@ def _repeated_changes(lines: list[str], change: LineChange) -> list[Proposal]:
 def _without_overlaps(ranked: list[Proposal]) -> list[Proposal]:
     kept: list[Proposal] = []
     for proposal in ranked:
-        if all(proposal.end_line <= k.start_line or proposal.start_line >= k.end_line for k in kept):
+        if not any(overlaps(proposal.start_line, proposal.end_line, k.start_line, k.end_line) for k in kept):
             kept.append(proposal)
     return kept

@@ -344,7 +344,7 @@ class SyntaxTree:
             current = self._current()
         if text is None or text is current.text or text == current.text:
             return current
-        start, old_end, new_end = _diff(current.text, text)
+        start, old_end, new_end = changed_span(current.text, text)
         tree = current.tree.copy()
         _edit_tree(tree, current.text, text, start, old_end, new_end)
         return Snapshot(text, _parser(self.language).parse(_encode(text), tree), self.language)
@@ -396,8 +396,9 @@ def _edit_tree(tree: Tree, old: str, new: str, start: int, old_end: int, new_end
     )
 
 
-def _diff(old: str, new: str) -> tuple[int, int, int]:
-    """(start, old_end, new_end) of the one edit turning `old` into `new`."""
+def changed_span(old: str, new: str) -> tuple[int, int, int]:
+    """(start, old_end, new_end) of the one edit turning `old` into `new`: their common start
+    and then their common end (within what is left) taken off."""
     limit = min(len(old), len(new))
     prefix = _common_length(limit, lambda k: old[:k] == new[:k])
     limit -= prefix

@@ -28,6 +28,7 @@ from nextab.context.edits import (
     line_changes,
     lines_text,
     minimal_edit,
+    overlaps,
 )
 from nextab.context.history import Edit
 from nextab.context.locations import Location, candidates
@@ -177,7 +178,7 @@ def _unsettled(locations: Sequence[Location], proposals: Sequence[Proposal]) -> 
     return [
         loc
         for loc in locations
-        if all(loc.end_line <= p.start_line or loc.start_line >= p.end_line for p in proposals)
+        if not any(overlaps(loc.start_line, loc.end_line, p.start_line, p.end_line) for p in proposals)
     ]
 
 
@@ -269,7 +270,7 @@ def _rank(proposals: Sequence[Proposal]) -> list[Proposal]:
     ordered = sorted(proposals, key=lambda p: (p.source != "model", p.score), reverse=True)
     kept: list[Proposal] = []
     for proposal in ordered:
-        if all(proposal.end_line <= k.start_line or proposal.start_line >= k.end_line for k in kept):
+        if not any(overlaps(proposal.start_line, proposal.end_line, k.start_line, k.end_line) for k in kept):
             kept.append(proposal)
     return kept
 
