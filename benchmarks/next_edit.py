@@ -30,7 +30,7 @@ from similarity import edit_similarity
 
 from nextab.context.document import Document, split_lines
 from nextab.context.edits import Proposal, apply, lines_text
-from nextab.context.history import EditHistory
+from nextab.context.history import EditHistory, Hunk
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "nes" / "flask-dev.jsonl.gz"
@@ -106,17 +106,11 @@ def undo(buffer: str, history: Sequence[tuple[int, str, str]]) -> str:
 def replay(case: Case, uri: str) -> tuple[EditHistory, Document]:
     """The history as an editor would have recorded it, one closed edit per hunk."""
     history = EditHistory(pause_seconds=1.0)
-    text = case.before
-    now = 1_000_000.0
-    for version, (start_line, old, new) in enumerate(case.history, start=1):
-        start = len(lines_text(text, 0, start_line))
-        end = start + len(old)
-        if text[start:end] != old:
-            raise ValueError(f"{case.id}: history hunk {version} does not apply")
-        history.record(uri, text, start, end, new, version, now=now)
-        text = text[:start] + new + text[end:]
-        now += 10.0  # a pause between hunks: each is an edit of its own
-    history.close_open_edits()
+    hunks = [Hunk(line, old, new) for line, old, new in case.history]
+    try:
+        text = history.replay(uri, case.before, hunks, now=1_000_000.0)
+    except ValueError as error:
+        raise ValueError(f"{case.id}: {error}") from None
     if text != case.buffer:
         raise ValueError(f"{case.id}: replaying the history does not give the buffer")
     return history, Document(uri, text, "python", version=len(case.history))

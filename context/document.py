@@ -65,8 +65,9 @@ class Document:
     `text` and `version` follow the editor. `syntax` is its tree-sitter tree, kept in step
     with each change (None for plain text and unknown languages). `kv` is the model's cache
     for the last prompt built from this document (owned by the engine, touched only on the
-    model thread), and `inflight` is whatever handle cancels the request now being computed
-    for it.
+    model thread), and `inflight` holds, per kind of request ("completion", "nextEdit"), the
+    handle that cancels the one now being computed for it: a completion does not cancel a
+    next-edit request, a change of the text cancels both.
     """
 
     def __init__(
@@ -82,7 +83,7 @@ class Document:
         self.language_id = language_id
         self.version = version
         self.kv: Any = None
-        self.inflight: Any = None
+        self.inflight: dict[str, Any] = {}
         self._set_text(text)
         self.syntax: SyntaxTree | None = SyntaxTree.for_document(uri, text, language_id, version)
 
@@ -92,7 +93,7 @@ class Document:
 
     def _set_text(self, text: str) -> None:
         self._text = text
-        self._line_starts = _line_starts(text)
+        self._line_starts = line_starts(text)
 
     def _splice(self, start: int, end: int, new: str) -> None:
         """Replace text[start:end] and patch the line index instead of rebuilding it.
@@ -104,7 +105,7 @@ class Document:
         first = bisect.bisect_right(starts, start)  # starts[:first] are at or before `start`
         last = bisect.bisect_right(starts, end)  # starts[last:] are after the old text's edit
         delta = len(new) - (end - start)
-        inserted = [start + s for s in _line_starts(new)[1:]]
+        inserted = [start + s for s in line_starts(new)[1:]]
         shifted = [s + delta for s in starts[last:]] if delta else starts[last:]
         # A start in (start, end] was a line the edit removed; it is gone with the old text.
         starts[first:] = inserted + shifted
@@ -169,7 +170,9 @@ def split_lines(text: str) -> list[str]:
     return lines
 
 
-def _line_starts(text: str) -> list[int]:
+def line_starts(text: str) -> list[int]:
+    """Where each line starts (one entry per `split_lines` line, plus len(text) after a last
+    line end)."""
     starts = [0]
     find = text.find
     at = find("\n")

@@ -27,7 +27,7 @@ from urllib.parse import unquote, urlsplit
 
 import msgpack
 
-from nextab.context.document import split_lines
+from nextab.context.document import line_starts, split_lines
 from nextab.context.syntax import changed_span
 
 log = logging.getLogger(__name__)
@@ -238,6 +238,24 @@ class EditHistory:
         if self._open is not None and now - self._open.time > self.pause_seconds:
             self._close()
 
+    def replay(self, uri: str, text: str, hunks: Iterable[Hunk], now: float = 0.0) -> str:
+        """Record `hunks` as edits typed one after another, each after a pause, starting from
+        `text`; the text after them. How a history is rebuilt from two versions of a file (a
+        commit, a saved copy) when no editor watched the typing."""
+        for version, hunk in enumerate(hunks, start=1):
+            starts = line_starts(text)
+            if hunk.line >= len(starts):
+                raise ValueError(f"hunk at line {hunk.line} is past the end ({len(starts) - 1} lines)")
+            start = starts[hunk.line]
+            end = start + len(hunk.old)
+            if text[start:end] != hunk.old:
+                raise ValueError(f"hunk at line {hunk.line} does not apply: the old lines differ")
+            self.record(uri, text, start, end, hunk.new, version, now=now)
+            text = text[:start] + hunk.new + text[end:]
+            now += self.pause_seconds * 2  # each hunk an edit of its own
+        self.close_open_edits()
+        return text
+
     # -- reading ------------------------------------------------------------------------------
 
     def edits(
@@ -349,6 +367,29 @@ class EditHistory:
 
 
 # -- changes -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Hunk:
+    """Lines `old` (whole lines, with their line ends) became `new`, at `line` of the text the
+    hunk applies to."""
+
+    line: int
+    old: str
+    new: str
+
+
+def hunks_between(old: str, new: str) -> list[Hunk]:
+    """The line hunks that turn `old` into `new`, top to bottom; each hunk's `line` is where
+    it starts once the hunks above it are applied, so `EditHistory.replay` applies them in
+    order."""
+    a, b = split_lines(old), split_lines(new)
+    matcher = SequenceMatcher(None, a, b, autojunk=False)
+    return [
+        Hunk(j1, "".join(a[i1:i2]), "".join(b[j1:j2]))
+        for tag, i1, i2, j1, j2 in matcher.get_opcodes()
+        if tag != "equal"
+    ]
 
 
 def _trim_change(before: str, start: int, end: int, new: str) -> tuple[int, int, str]:

@@ -21,12 +21,13 @@ from pygls.protocol import LanguageServerProtocol
 from pygls.protocol.language_server import lsp_method
 
 from nextab import __version__
+from nextab.acceptance import AcceptanceLog, outcome_from_params
 from nextab.config import Config, load
 from nextab.context.document import Document, Position, PositionError, Range
 from nextab.context.history import EditHistory
 from nextab.engine import CompletionRequest, Engine, Suggestion
 from nextab.models.decoding import Cancelled, CancelToken
-from nextab.nextedit import EditSuggestion, NextEditRequest, NextEditResult
+from nextab.nextedit import EditSuggestion, NextEditRequest, NextEditResult, end_of_last_edit
 
 if TYPE_CHECKING:
     from nextab.context.workspace import Workspace
@@ -45,6 +46,8 @@ _MODEL_KEYS = ("model", "device", "dtype")
 # server's capabilities.
 NEXT_EDIT = "nextab/nextEdit"
 NEXT_EDIT_PUSHED = "nextab/nextEditSuggestion"
+STATUS = "nextab/status"
+OUTCOME = "nextab/suggestionOutcome"
 
 
 class _Protocol(LanguageServerProtocol):
@@ -54,7 +57,12 @@ class _Protocol(LanguageServerProtocol):
         server = self._server
         enabled = isinstance(server, NextabServer) and server.config.next_edit.enabled
         result.capabilities.experimental = {
-            "nextab": {"nextEdit": enabled, "nextEditPush": enabled and server.config.next_edit.push}
+            "nextab": {
+                "nextEdit": enabled,
+                "nextEditPush": enabled and server.config.next_edit.push,
+                "status": True,
+                "suggestionOutcome": True,
+            }
         }
         return result
 
@@ -77,6 +85,9 @@ class NextabServer(LanguageServer):
         # prediction needs them either way. An opened workspace takes over with its own
         # persisted history.
         self._history = EditHistory()
+        self.indexing: tuple[int, int] | None = None  # files indexed, of how many
+        self.last_latency_ms: float | None = None
+        self.acceptance = AcceptanceLog()
 
     def start_engine(self) -> None:
         """Load the model in the background; requests wait for it instead of failing."""
@@ -131,6 +142,36 @@ class NextabServer(LanguageServer):
             return
         for doc in self.documents.values():
             workspace.open_document(workspace.relative(doc.uri), doc.text)
+
+    def status(self) -> dict[str, Any]:
+        """What editors show in a status line: the model and where it runs, whether it is
+        loading, indexing progress, the last completion's latency."""
+        future = self.engine_future
+        state, model, error = "starting", {}, None
+        if future is not None and future.done():
+            failure = None if future.cancelled() else future.exception()
+            if failure is not None or future.cancelled():
+                state, error = "failed", str(failure or "cancelled")
+            else:
+                state = "ready"
+                info = future.result().backend.info
+                model = {"name": info.name, "device": info.device, "dtype": info.dtype}
+        elif future is not None:
+            state = "loading"
+        indexing = None
+        if self.indexing is not None:
+            done, total = self.indexing
+            indexing = {"done": done, "total": total, "finished": total > 0 and done >= total}
+        return {
+            "version": __version__,
+            "state": state,
+            "error": error,
+            "model": model,
+            "decoding": self.config.decoding,
+            "indexing": indexing,
+            "lastLatencyMs": round(self.last_latency_ms, 1) if self.last_latency_ms is not None else None,
+            "acceptanceLog": str(self.acceptance.path) if self.config.acceptance_log else None,
+        }
 
     def history(self) -> EditHistory:
         workspace = self.workspace()
@@ -225,13 +266,14 @@ class NextabServer(LanguageServer):
         except Cancelled:
             return None  # superseded by a newer request for this document
         finally:
-            if doc.inflight is token:
-                doc.inflight = None
+            for kind, running in list(doc.inflight.items()):
+                if running is token:
+                    del doc.inflight[kind]
 
     async def suggest(self, uri: str, position: types.Position) -> tuple[Document, int, Suggestion] | None:
         doc = self.document(uri)
         offset = _offset(doc, position)
-        token = _claim(doc)
+        token = _claim(doc, "completion")
         request = CompletionRequest(
             document=doc, offset=offset, text=doc.text, path=_display_path(uri)
         )
@@ -241,6 +283,7 @@ class NextabServer(LanguageServer):
         if suggestion is None:
             return None
         m = suggestion.metrics
+        self.last_latency_ms = m.total_ms
         log.info(
             "%s:%d:%d %s %.0f ms (prompt %d, context %d, reused %d, new %d) -> %r",
             _display_path(uri),
@@ -261,13 +304,14 @@ class NextabServer(LanguageServer):
         """Next-edit suggestions for a document; a newer request for it cancels this one."""
         doc = self.document(uri)
         offset = _offset(doc, position) if position is not None else None
-        token = _claim(doc)
+        token = _claim(doc, "nextEdit")
         history = self.history()
+        edits = tuple(history.edits(include_open=True))
         request = NextEditRequest(
             document=doc,
             text=doc.text,
-            offset=offset if offset is not None else _end_of_last_edit(history, doc),
-            edits=tuple(history.edits(include_open=True)),
+            offset=offset if offset is not None else end_of_last_edit(edits, uri, doc.text),
+            edits=edits,
             diffs=history.render(self.config.context.recent_edits_chars, include_open=True),
             path=_display_path(uri),
         )
@@ -307,7 +351,7 @@ class NextabServer(LanguageServer):
             NEXT_EDIT_PUSHED,
             {
                 "textDocument": {"uri": doc.uri, "version": version},
-                "suggestions": [_suggestion_json(doc, s) for s in found[1].suggestions],
+                "suggestions": [suggestion_json(doc, s) for s in found[1].suggestions],
             },
         )
 
@@ -324,6 +368,7 @@ class _Progress:
         self.last = 0.0
 
     def __call__(self, done: int, total: int, message: str) -> None:
+        self.ls.indexing = (done, total)
         if not self.supported:
             return
         now = time.monotonic()
@@ -427,16 +472,14 @@ def create_server(config: Config, engine_factory: EngineFactory = Engine.load) -
         doc.version = version
         ls.schedule_reindex(doc)
         ls.schedule_push(doc)
-        if doc.inflight is not None:
-            doc.inflight.cancel()  # its answer would be for text that no longer exists
+        _cancel_all(doc)  # their answers would be for text that no longer exists
 
     @server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
     def did_close(ls: NextabServer, params: types.DidCloseTextDocumentParams) -> None:
         doc = ls.documents.pop(params.text_document.uri, None)
         if doc is None:
             return
-        if doc.inflight is not None:
-            doc.inflight.cancel()
+        _cancel_all(doc)
         ls.history().close_open_edits()
         pending = ls._push_pending.pop(doc.uri, None)
         if pending is not None:
@@ -505,15 +548,37 @@ def create_server(config: Config, engine_factory: EngineFactory = Engine.load) -
             return None
         doc, result = found
         return {
-            "suggestions": [_suggestion_json(doc, s) for s in result.suggestions],
+            "suggestions": [suggestion_json(doc, s) for s in result.suggestions],
             "timings": {"totalMs": round(result.metrics.total_ms, 1)},
         }
+
+    @server.feature(STATUS)
+    def status(ls: NextabServer, params: Any) -> dict[str, Any]:
+        """`nextab/status` (no params): version, state, model, decoding, indexing, latency."""
+        return ls.status()
+
+    @server.feature(OUTCOME)
+    def suggestion_outcome(ls: NextabServer, params: Any) -> None:
+        """`nextab/suggestionOutcome` (a notification): what became of a shown suggestion,
+        {textDocument: {uri}, kind, outcome, shownChars, acceptedChars, latencyMs}; kept in
+        the local acceptance log that `nextab stats` reads."""
+        if not ls.config.acceptance_log:
+            return
+        uri = _field(params, "textDocument", "uri")
+        doc = ls.documents.get(uri) if isinstance(uri, str) else None
+        language = (doc.language_id if doc is not None else "") or _field(params, "languageId") or "unknown"
+        status = ls.status()
+        try:
+            outcome = outcome_from_params(params, str(language), status["model"].get("name", ""))
+        except ValueError as error:
+            log.warning("nextab/suggestionOutcome ignored: %s", error)
+            return
+        ls.acceptance.append(outcome)
 
     @server.feature(types.SHUTDOWN)
     def shutdown(ls: NextabServer, params: None) -> None:
         for doc in ls.documents.values():
-            if doc.inflight is not None:
-                doc.inflight.cancel()
+            _cancel_all(doc)
         workspace = ls.workspace()
         if workspace is not None:
             # Saves the edit history and index; the watcher thread must not outlive the server.
@@ -530,13 +595,21 @@ def _offset(doc: Document, position: types.Position) -> int:
         raise JsonRpcInvalidParams(str(error)) from None
 
 
-def _claim(doc: Document) -> CancelToken:
-    """A new request for `doc`: the one in flight is cancelled, its answer would be stale."""
-    if doc.inflight is not None:
-        doc.inflight.cancel()
+def _claim(doc: Document, kind: str) -> CancelToken:
+    """A new request of `kind` for `doc`: the one of that kind in flight is cancelled, its
+    answer would be stale."""
+    earlier = doc.inflight.get(kind)
+    if earlier is not None:
+        earlier.cancel()
     token = CancelToken()
-    doc.inflight = token
+    doc.inflight[kind] = token
     return token
+
+
+def _cancel_all(doc: Document) -> None:
+    for token in doc.inflight.values():
+        token.cancel()
+    doc.inflight.clear()
 
 
 def _field(value: Any, *names: str) -> Any:
@@ -560,14 +633,8 @@ def _next_edit_params(params: Any) -> tuple[str, types.Position | None]:
     return uri, types.Position(line=line, character=character)
 
 
-def _end_of_last_edit(history: EditHistory, doc: Document) -> int:
-    edits = [e for e in history.edits(include_open=True) if e.uri == doc.uri]
-    if not edits:
-        return 0
-    return min(len(doc.text), edits[-1].start + len(edits[-1].new))
-
-
-def _suggestion_json(doc: Document, suggestion: EditSuggestion) -> dict[str, Any]:
+def suggestion_json(doc: Document, suggestion: EditSuggestion) -> dict[str, Any]:
+    """A next-edit suggestion as `nextab/nextEdit` answers it (positions in `doc`'s encoding)."""
     start = doc.position_at(suggestion.edit.start)
     end = doc.position_at(suggestion.edit.end)
     return {

@@ -54,6 +54,10 @@ class DecodeParams:
     # decoding gives; only the number of passes changes.
     draft: tuple[int, ...] = ()
     draft_length: int = 12
+    # Whether a finished completion would be shown whole: the caller's own checks after
+    # decoding (a syntax check that cuts a suggestion back). A lookahead branch that ends in
+    # text they would cut does not win a pause.
+    viable: Callable[[str, str], bool] | None = None  # (text, stop reason)
 
 
 @dataclass(frozen=True)
@@ -320,7 +324,9 @@ class Lookahead:
     continuation: tuple[int, ...]
     logprobs: tuple[float, ...]  # of the token, then of each continuation token
     entropies: tuple[float, ...]  # of the distribution each continuation token came from
-    empty: bool = False  # the branch ends the completion with nothing but whitespace written
+    # The branch ends the completion with nothing but whitespace written, or with text the
+    # caller's checks would cut (`DecodeParams.viable`).
+    rejected: bool = False
 
     @property
     def score(self) -> float:
@@ -369,20 +375,23 @@ def look_ahead(run: Run, logits: np.ndarray, top_k: int, length: int) -> list[Lo
             elif len(scores[i]) <= length:
                 feed.append((i, token, node[i]))
     return [
-        Lookahead(c, tuple(b[1:]), tuple(lp), tuple(h), _ends_empty(run, b))
+        Lookahead(c, tuple(b[1:]), tuple(lp), tuple(h), _ends_rejected(run, b))
         for c, b, lp, h in zip(candidates, branches, scores, spreads, strict=True)
     ]
 
 
-def _ends_empty(run: Run, branch: Sequence[int]) -> bool:
-    """Whether taking `branch` would end the completion with no code written at all."""
+def _ends_rejected(run: Run, branch: Sequence[int]) -> bool:
+    """Whether taking `branch` would end the completion with no code written at all, or
+    with code the caller's checks would cut."""
     if not run.ends(branch):
         return False
-    tokens = list(branch[:-1] if branch[-1] in run.params.stop_ids else branch)
-    text = run.text_with(tokens) or ""
+    at_end = branch[-1] in run.params.stop_ids
+    text = run.text_with(list(branch[:-1] if at_end else branch)) or ""
     check = run.params.stop_check
     keep = check(text) if check is not None else None
-    return not (text if keep is None else text[:keep]).strip()
+    shown = text if keep is None else text[:keep]
+    viable = run.params.viable
+    return not shown.strip() or (viable is not None and not viable(shown, "eos" if at_end else "stop"))
 
 
 class AdaDecDecoder(GreedyDecoder):
@@ -403,9 +412,10 @@ class AdaDecDecoder(GreedyDecoder):
         run.paused += 1
         branches = look_ahead(run, logits, self.top_k, self.lookahead)
         # A branch that ends at once has a mean over one or two sure tokens and would win for
-        # being short: reranking may change what is written, not turn a suggestion into none.
+        # being short, and one whose text the final checks cut would show less than greedy's:
+        # reranking may change what is written, not turn a suggestion into none.
         greedy = branches[0]
-        contenders = [b for b in branches if not b.empty or b is greedy]
+        contenders = [b for b in branches if not b.rejected or b is greedy]
         # max() keeps the first of equal scores: the likelier candidate wins a tie.
         best = max(contenders, key=lambda b: b.score)
         # The winner's lookahead is what greedy decoding would produce next, up to the first

@@ -1,4 +1,4 @@
-"""`nextab`: serve over LSP, complete one position, manage the model."""
+"""`nextab`: serve over LSP, complete one position, suggest next edits, manage the model."""
 
 from __future__ import annotations
 
@@ -125,6 +125,102 @@ def cmd_complete(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_next_edit(args: argparse.Namespace) -> int:
+    from nextab.context.document import Document, Position, PositionError
+    from nextab.context.history import EditHistory, hunks_between
+    from nextab.engine import Engine
+    from nextab.models.resolve import ModelNotFoundError
+    from nextab.nextedit import NextEditRequest, end_of_last_edit, predict
+
+    path = Path(args.file)
+    try:
+        text = path.read_text(encoding="utf-8")
+        before = (
+            Path(args.before).read_text(encoding="utf-8") if args.before else _git_version(path, args.rev)
+        )
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        print(f"nextab: {error}", file=sys.stderr)
+        return 2
+    uri = path.resolve().as_uri()
+    history = EditHistory(root=path.resolve().parent)
+    # The changes since that version, as if typed top to bottom just now.
+    history.replay(uri, before, hunks_between(before, text), now=time.time() - 60)
+    edits = tuple(history.edits())
+    if not edits:
+        print(f"nextab: {path} has no changes since {args.before or args.rev}: nothing to follow", file=sys.stderr)
+        return 1
+    doc = Document(uri, text, encoding="utf-32")
+    if args.at:
+        try:
+            line, _, col = args.at.partition(":")
+            offset = doc.offset_at(Position(int(line) - 1, int(col or 1) - 1))
+        except (ValueError, PositionError) as error:
+            print(f"nextab: --at {args.at}: {error}", file=sys.stderr)
+            return 2
+    else:
+        offset = end_of_last_edit(edits, uri, text)
+    config = build_config(args)
+    request = NextEditRequest(
+        document=doc,
+        text=text,
+        offset=offset,
+        edits=edits,
+        diffs=history.render(config.context.recent_edits_chars),
+        path=path.name,
+        model=False if args.no_model else None,
+    )
+    if args.no_model:
+        result = predict(config.next_edit, request, None)
+    else:
+        try:
+            engine = Engine.load(config)
+        except ModelNotFoundError as error:
+            print(f"nextab: {error}", file=sys.stderr)
+            return 3
+        result = engine.next_edit(request)
+    if args.json:
+        from nextab.lsp_server.server import suggestion_json
+
+        metrics = {k: round(v, 1) for k, v in vars(result.metrics).items()}
+        print(json.dumps({"suggestions": [suggestion_json(doc, s) for s in result.suggestions],
+                          "metrics": metrics}, indent=2))
+        return 0
+    lines = text.splitlines(keepends=True)
+    for s in result.suggestions:
+        where = "at the cursor" if s.at_cursor else "elsewhere"
+        print(f"{path}:{s.start_line + 1}: {s.source} ({where}, score {s.score:.3f}): {s.reason}")
+        for old in lines[s.start_line : s.end_line]:
+            print("-" + old.rstrip("\n"))
+        for new in s.new_lines.splitlines():
+            print("+" + new)
+    m = result.metrics
+    print(
+        f"-- {len(result.suggestions)} suggestions from {m.locations} locations, "
+        f"{m.model_calls} model rewrites, {m.total_ms:.0f} ms",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _git_version(path: Path, rev: str) -> str:
+    """The file as it was at `rev` in its git repository."""
+    import subprocess
+
+    folder = path.resolve().parent
+    shown = subprocess.run(
+        ["git", "-C", str(folder), "show", f"{rev}:./{path.name}"],
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+    )
+    if shown.returncode != 0:
+        raise ValueError(
+            f"no earlier version of {path} to compare with: git show {rev} failed "
+            f"({shown.stderr.strip() or 'git not found'}); pass --before FILE"
+        )
+    return shown.stdout
+
+
 def _open_workspace(engine: Any, root: Path, path: Path, text: str, offset: int) -> str:
     """Index `root` and prepare this place's repository material before completing.
 
@@ -200,6 +296,34 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_stats(args: argparse.Namespace) -> int:
+    from nextab.acceptance import AcceptanceLog, summarize
+
+    acceptance = AcceptanceLog(Path(args.log) if args.log else None)
+    outcomes, skipped = acceptance.read()
+    since = time.time() - args.days * 86400 if args.days else 0.0
+    outcomes = [o for o in outcomes if o.time >= since]
+    summary = {"log": str(acceptance.path), "outcomes": len(outcomes), "skipped_lines": skipped,
+               **summarize(outcomes)}
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    print(f"{acceptance.path}: {len(outcomes)} suggestions" + (f", {skipped} unreadable lines" if skipped else ""))
+    for kind in ("completion", "nextEdit"):
+        if kind not in summary:
+            continue
+        print(f"\n{kind}")
+        print(f"  {'language':<14}{'shown':>7}{'accepted':>10}{'+partial':>10}{'chars':>8}{'p50 ms':>9}{'p95 ms':>9}")
+        rows = {"all": summary[kind]["all"], **summary[kind]["by_language"]}
+        for language, t in rows.items():
+            rate = f"{t['acceptance_rate']:.1%}" if t["acceptance_rate"] is not None else "-"
+            anyrate = f"{t['any_acceptance_rate']:.1%}" if t["any_acceptance_rate"] is not None else "-"
+            p50, p95 = t["latency_ms"]["p50"], t["latency_ms"]["p95"]
+            print(f"  {language:<14}{t['shown']:>7}{rate:>10}{anyrate:>10}{t['chars_accepted']:>8}"
+                  f"{p50 if p50 is not None else '-':>9}{p95 if p95 is not None else '-':>9}")
+    return 0
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     print(json.dumps(to_settings(build_config(args)), indent=2))
     return 0
@@ -230,6 +354,19 @@ def make_parser() -> argparse.ArgumentParser:
     _add_model_flags(complete)
     complete.set_defaults(func=cmd_complete)
 
+    next_edit = sub.add_parser(
+        "next-edit", help="suggest the next edits to FILE from its changes since a git revision"
+    )
+    next_edit.add_argument("file", metavar="FILE")
+    source = next_edit.add_mutually_exclusive_group()
+    source.add_argument("--rev", default="HEAD", help="git revision the changes are counted from")
+    source.add_argument("--before", metavar="OLD", help="the file's earlier version, instead of git")
+    next_edit.add_argument("--at", metavar="LINE[:COL]", help="cursor (1-based; default: end of the last change)")
+    next_edit.add_argument("--no-model", action="store_true", help="the repeat-edit proposer only")
+    next_edit.add_argument("--json", action="store_true", help="print the suggestions as LSP ranges")
+    _add_model_flags(next_edit)
+    next_edit.set_defaults(func=cmd_next_edit)
+
     model = sub.add_parser("model", help="manage models")
     model_sub = model.add_subparsers(dest="model_command", required=True)
     fetch = model_sub.add_parser("fetch", help="download, verify and convert a model; print its path")
@@ -244,6 +381,12 @@ def make_parser() -> argparse.ArgumentParser:
     _add_model_flags(calibrate)
     calibrate.set_defaults(func=cmd_calibrate)
 
+    stats = sub.add_parser("stats", help="acceptance rate and latency from the local acceptance log")
+    stats.add_argument("--json", action="store_true")
+    stats.add_argument("--days", type=float, help="only the last N days")
+    stats.add_argument("--log", help="another log file (default: the one the server writes)")
+    stats.set_defaults(func=cmd_stats)
+
     config = sub.add_parser("config", help="print the effective settings")
     _add_model_flags(config)
     config.set_defaults(func=cmd_config)
@@ -257,6 +400,9 @@ def main(argv: list[str] | None = None) -> Any:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if args.log_level != "debug":
+        # pygls logs every message it sends at INFO: megabytes of stderr an editor files away.
+        logging.getLogger("pygls").setLevel(logging.WARNING)
     return args.func(args)
 
 

@@ -70,6 +70,9 @@ class NextEditConfig:
     # probability of copying it unchanged) before rewriting the best: one scoring pass per
     # candidate, so "auto" ranks on a GPU and keeps the structural order on a CPU.
     rank_with_model: Literal["auto", "on", "off"] = "auto"
+    # The model that ranks the locations, when not the edit model (the NES paper's dual-model
+    # set-up): a model spec as `model` takes; "" ranks with the edit model.
+    location_model: str = ""
     model_locations: int = 2  # of which the model rewrites at most this many (each costs a pass)
     window_lines: int = 5  # the editable region around a location
     excerpt_lines: int = 15  # code shown on each side of the region
@@ -93,6 +96,9 @@ class Config:
     debounce_ms: int = 0  # server-side wait before computing, on top of the editor's own
     cached_documents: int = 4  # documents whose prompt KV cache is kept
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # Keep what editors report of shown suggestions (accepted, dismissed...) in a local log
+    # that `nextab stats` reads; nothing leaves the machine.
+    acceptance_log: bool = True
     completion: CompletionConfig = field(default_factory=CompletionConfig)
     context: ContextConfig = field(default_factory=ContextConfig)
     adadec: AdaDecConfig = field(default_factory=AdaDecConfig)

@@ -131,6 +131,7 @@ class Engine:
         # Next-edit prompts share their start (instructions, recent edits) with each other,
         # not with any document's completion prompt: they get a cache of their own.
         self._rewrite_cache: KVCache | None = None
+        self._locator: tuple[str, Backend] | None = None  # a separate location model, by spec
         self.workspace: Workspace | None = None
         # Completions waiting for the model: background preparation yields to them.
         self._waiting = 0
@@ -148,7 +149,10 @@ class Engine:
         resolved = resolve_model(config.model, progress=progress)
         backend = TorchBackend.load(resolved.path, resolved.name, config.device, config.dtype)
         learned = load_threshold(resolved.path, resolved.name)
-        return cls(config, backend, learned_threshold=learned, model_path=resolved.path)
+        engine = cls(config, backend, learned_threshold=learned, model_path=resolved.path)
+        # A location model is loaded (or found missing) at start, not at the first request.
+        engine._location_backend()
+        return engine
 
     def _make_decoder(self, config: Config) -> Decoder:
         settings = config.adadec
@@ -305,13 +309,12 @@ class Engine:
         started = time.perf_counter()
         offset = request.offset
         built = self.prompt_for(request)
-        prompt, healing, mode, rules, tree = (
-            built.ids, built.healing, built.mode, built.rules, built.tree
-        )
+        prompt, healing, mode, rules = built.ids, built.healing, built.mode, built.rules
         params = DecodeParams(
             max_tokens=request.max_tokens or self.config.max_tokens,
             stop_ids=self.stop_ids,
             stop_check=rules,
+            viable=lambda text, reason: _shows_all(_shown(built, offset, text, reason)),
         )
         # Completions come from one thread (the caller's model thread), so a plain counter is
         # enough; the preparer only reads it.
@@ -326,12 +329,7 @@ class Engine:
             self._last_request = time.monotonic()
             if self.workspace is not None and self.workspace.pending():
                 self._wake.set()
-        trimmed = finalize(result.text, rules)
-        whole_line = _inserts_whole_line(mode, rules, result.stop_reason, trimmed.text)
-        if whole_line:
-            trimmed = Trimmed(trimmed.text + "\n", trimmed.replace)
-        if tree is not None and trimmed.text:
-            trimmed = _without_new_errors(tree, offset, trimmed, whole_line)
+        trimmed, _ = _shown(built, offset, result.text, result.stop_reason)
         return Suggestion(
             text=trimmed.text,
             replace=trimmed.replace,
@@ -384,17 +382,19 @@ class Engine:
                 self._wake.set()
 
     def copy_logprobs(self, materials: Sequence[RewriteInput], cancel: CancelToken) -> list[float]:
-        """Per window, log P(the rewrite is the window unchanged): teacher-forced, one
-        sequence per call so that a newer request can take the model in between."""
+        """Per window, log P(the rewrite is the window unchanged) under the location model:
+        teacher-forced, one sequence per call so that a newer request can take the model in
+        between."""
         found = []
         for material in materials:
-            prompt = render_rewrite(self.backend, material)
             self._waiting += 1
             try:
                 with self._lock:
                     self._waiting -= 1
                     cancel.check()
-                    (logprobs,) = self.backend.token_logprobs(
+                    backend = self._location_backend()
+                    prompt = render_rewrite(backend, material)
+                    (logprobs,) = backend.token_logprobs(
                         [[*prompt.ids, *prompt.draft]], [len(prompt.ids)]
                     )
             finally:
@@ -402,6 +402,32 @@ class Engine:
                     self._wake.set()
             found.append(float(np.sum(logprobs, dtype=np.float64)))
         return found
+
+    def _location_backend(self) -> Backend:
+        """The location model: the edit model unless `nextEdit.locationModel` names another,
+        loaded once (on the edit model's device) and replaced when the setting changes. One
+        that cannot be loaded is reported once, and the edit model ranks instead."""
+        spec = self.config.next_edit.location_model
+        if not spec or spec == self.config.model:
+            self._locator = None
+            return self.backend
+        if self._locator is None or self._locator[0] != spec:
+            from nextab.models.resolve import ModelNotFoundError, resolve_model
+            from nextab.models.torch_backend import TorchBackend
+
+            self._locator = None  # the old one's memory goes before the new one loads
+            device = self.backend.info.device
+            try:
+                resolved = resolve_model(spec, progress=False)
+                located = TorchBackend.load(resolved.path, resolved.name, device, self.config.dtype)
+            except (ModelNotFoundError, OSError, ValueError) as error:
+                log.error("nextEdit.locationModel %r cannot be loaded (%s): ranking with %s",
+                          spec, error, self.backend.info.name)
+                located = self.backend
+            else:
+                log.info("location model %s loaded on %s", resolved.name, device)
+            self._locator = (spec, located)
+        return self._locator[1]
 
     def ranks_locations(self, setting: str) -> bool:
         return setting == "on" or (setting == "auto" and self.backend.info.device != "cpu")
@@ -439,16 +465,28 @@ class Engine:
         return document.kv
 
 
-def _without_new_errors(
-    tree: Snapshot, offset: int, trimmed: Trimmed, whole_line: bool
-) -> Trimmed:
-    """Cut a suggestion back to what leaves the file with no new syntax errors."""
-    keep = tree.check_insertion(offset, offset + trimmed.replace, trimmed.text)
+def _shows_all(shown: tuple[Trimmed, bool]) -> bool:
+    """Whether the editor gets all of what the model wrote: not cut by the syntax check, and
+    not dropped by the stop rules (a line that only repeats the code below it)."""
+    trimmed, cut = shown
+    return not cut and bool(trimmed.text.strip())
+
+
+def _shown(prompt: Prompt, offset: int, text: str, stop_reason: str) -> tuple[Trimmed, bool]:
+    """What the editor is shown of a decoded completion, and whether the syntax check had to
+    cut it back (the suggestion then shows less than the model wrote, perhaps nothing)."""
+    trimmed = finalize(text, prompt.rules)
+    whole_line = _inserts_whole_line(prompt.mode, prompt.rules, stop_reason, trimmed.text)
+    if whole_line:
+        trimmed = Trimmed(trimmed.text + "\n", trimmed.replace)
+    if prompt.tree is None or not trimmed.text:
+        return trimmed, False
+    keep = prompt.tree.check_insertion(offset, offset + trimmed.replace, trimmed.text)
     if keep >= len(trimmed.text):
-        return trimmed
+        return trimmed, False
     # A shortened suggestion no longer ends where the auto-closed rest of the line did.
-    text = trimmed.text[:keep].rstrip()
-    return Trimmed(text + "\n" if whole_line and text else text, replace=0)
+    cut = trimmed.text[:keep].rstrip()
+    return Trimmed(cut + "\n" if whole_line and cut else cut, replace=0), True
 
 
 def workspace_store(root: str | Path) -> Path:

@@ -154,6 +154,14 @@ def predict(
     )
 
 
+def end_of_last_edit(edits: Sequence[Edit], uri: str, text: str) -> int:
+    """Where the developer stopped typing in `uri`: the default cursor for a request."""
+    mine = [e for e in edits if e.uri == uri]
+    if not mine:
+        return 0
+    return min(len(text), mine[-1].start + len(mine[-1].new))
+
+
 @dataclass
 class _ModelStats:
     calls: int = 0

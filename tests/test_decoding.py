@@ -676,7 +676,7 @@ def test_a_pause_never_turns_a_completion_into_an_empty_one(lively, monkeypatch)
     # alone and beats the greedy branch's mean over six tokens: it must not win the pause.
     branches = [
         decoding.Lookahead(5, (6, 7, 8, 9, 10), (-0.9, -1.5, -2.0, -1.0, -0.5, -0.4), (0.1,) * 5),
-        decoding.Lookahead(0, (), (-1.0,), (), empty=True),
+        decoding.Lookahead(0, (), (-1.0,), (), rejected=True),
         decoding.Lookahead(11, (12,), (-1.2, -1.3), (0.2,)),
     ]
     assert branches[1].score > branches[0].score > branches[2].score
@@ -700,8 +700,32 @@ def test_ended_branches_know_whether_they_wrote_anything(lively) -> None:
     # The runner-up is an end token: its branch ends at once with nothing written.
     run = decoding.Run(lively, cache, params(8, stop_ids=[top[1]]), NEVER_CANCELLED, "", [])
     found = {b.token: b for b in decoding.look_ahead(run, logits, 3, 4)}
-    assert found[top[1]].empty and found[top[1]].continuation == ()
-    assert not found[top[0]].empty and not found[top[2]].empty
+    assert found[top[1]].rejected and found[top[1]].continuation == ()
+    assert not found[top[0]].rejected and not found[top[2]].rejected
+
+
+def test_ended_branches_the_caller_would_cut_are_rejected(lively) -> None:
+    import dataclasses
+
+    import nextab.models.decoding as decoding
+
+    prompt = lively.tokenize(CODE)
+    logits = cold_logits(lively, prompt)
+    top = [int(t) for t in np.argsort(-logits)[:3]]
+    cache = lively.new_cache()
+    prefill(lively, cache, prompt, NEVER_CANCELLED)
+    # Every branch ends after its second token; the caller would cut the runner-up's text.
+    seen: list[tuple[str, str]] = []
+    ends_at_two = params(8, stop_check=lambda text: len(text) if len(lively.tokenize(text)) >= 2 else None)
+
+    def viable(text: str, reason: str) -> bool:
+        seen.append((text, reason))
+        return not text.startswith(lively.detokenize([top[1]]))
+
+    run = decoding.Run(lively, cache, dataclasses.replace(ends_at_two, viable=viable), NEVER_CANCELLED, "", [])
+    found = {b.token: b for b in decoding.look_ahead(run, logits, 3, 4)}
+    assert [found[t].rejected for t in top] == [False, True, False]
+    assert len(seen) == 3 and all(reason == "stop" for _, reason in seen)
 
 
 def test_lookahead_reuses_the_cached_prompt(lively) -> None:

@@ -387,3 +387,24 @@ def test_block_cut_before_a_line_that_breaks_the_syntax(tiny_backend, uri, expec
     s = complete_with(tiny_backend, script, text, offset, uri=uri)
     assert s.mode == "block"
     assert s.text == expected
+
+
+def test_the_decoder_learns_which_endings_the_editor_would_not_get(tiny_backend):
+    from nextab.models.decoding import DecodeResult
+
+    class Spy:
+        def decode(self, backend, cache, prompt, params, cancel, healing=None) -> DecodeResult:
+            self.params = params
+            return DecodeResult((), "", "eos", len(prompt), 0, 0.0, 0.0)
+
+    spy = Spy()
+    engine = Engine(CLASSIC, tiny_backend)
+    engine.decoder = spy  # type: ignore[assignment]
+    text = "def f(items):\n    total = 0\n    return total\n"
+    doc = Document("file:///a.py", text, "python")
+    engine.complete(CompletionRequest(doc, text.index("    total"), text))
+    viable = spy.params.viable
+    assert viable("    items = list(items)", "stop")
+    assert not viable("    if not items:", "stop")  # a block opener with no body: the syntax check cuts it
+    assert not viable("    total = 0", "stop")  # only repeats the line below: the stop rules drop it
+    assert not viable("   ", "eos")

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nextab.context.history import FORMAT, Edit, EditHistory
+from nextab.context.history import FORMAT, Edit, EditHistory, Hunk, hunks_between
 
 URI = "file:///ws/src/app.py"
 OTHER = "file:///ws/src/util.py"
@@ -546,3 +546,28 @@ def test_replaying_recorded_edits_and_their_diffs_reproduces_the_text(
         assert replay(start, history.edits(editor.uri)) == editor.text
     files = apply_diff({"src/app.py": initial[0], "src/util.py": initial[1]}, history.render(10**9))
     assert files == {"src/app.py": editors[0].text, "src/util.py": editors[1].text}
+
+
+_LINES = st.lists(st.sampled_from(["a\n", "b\n", "def f():\n", "    return 1\n", "\n", "x = 2"]), max_size=12)
+
+
+@settings(max_examples=200, deadline=None)
+@given(old=_LINES, new=_LINES)
+def test_replaying_the_hunks_between_two_versions_gives_the_new_one(old: list[str], new: list[str]) -> None:
+    before, after = "".join(old), "".join(new)
+    history = EditHistory(pause_seconds=1.0)
+    hunks = hunks_between(before, after)
+    assert history.replay("file:///a.py", before, hunks) == after
+    # One closed edit per hunk, each recorded where it was made.
+    assert len(history.edits(now=1e9)) == sum(1 for h in hunks if h.old != h.new)
+    text = before
+    for edit in history.edits(now=1e9):
+        text = edit.apply(text)
+    assert text == after
+
+
+def test_a_hunk_that_does_not_apply_is_refused() -> None:
+    with pytest.raises(ValueError, match="does not apply"):
+        EditHistory().replay("file:///a.py", "a\nb\n", [Hunk(1, "c\n", "d\n")])
+    with pytest.raises(ValueError, match="past the end"):
+        EditHistory().replay("file:///a.py", "a\n", [Hunk(5, "", "d\n")])

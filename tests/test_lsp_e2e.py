@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -26,7 +28,7 @@ class Client(LanguageClient):
         self.logs: list[str] = []
 
 
-async def _start(model_dir: Path, options: dict[str, Any]) -> Client:
+async def _start(model_dir: Path, options: dict[str, Any], env: dict[str, str] | None = None) -> Client:
     client = Client()
 
     @client.feature(types.WINDOW_SHOW_MESSAGE)
@@ -38,7 +40,8 @@ async def _start(model_dir: Path, options: dict[str, Any]) -> Client:
         ls.logs.append(params.message)
 
     await client.start_io(
-        sys.executable, "-m", "nextab", "serve", "--model", str(model_dir), "--device", "cpu"
+        sys.executable, "-m", "nextab", "serve", "--model", str(model_dir), "--device", "cpu",
+        env={**os.environ, **(env or {})},
     )
     result = await client.initialize_async(
         types.InitializeParams(
@@ -361,3 +364,36 @@ async def test_next_edit_is_pushed_after_a_pause_when_asked_for(tiny_model_dir: 
         await c.shutdown_async(None)
         c.exit(None)
         await c.stop()
+
+
+async def test_status_and_the_acceptance_log(tiny_model_dir: Path, tmp_path: Path) -> None:
+    c = await _start(tiny_model_dir, {"maxTokens": 4}, env={"NEXTAB_CACHE_DIR": str(tmp_path)})
+    try:
+        flags = _get(c.server_info.capabilities.experimental, "nextab")
+        assert _get(flags, "status") is True and _get(flags, "suggestionOutcome") is True
+        _open(c)
+        # A completion waits for the model: after it the status is "ready" with its latency.
+        await c.text_document_inline_completion_async(_inline(5, 11))
+        status = await c.protocol.send_request_async("nextab/status", None)
+        assert _get(status, "state") == "ready" and _get(status, "version")
+        assert _get(status, "model", "device") == "cpu" and _get(status, "lastLatencyMs") > 0
+        shown = {"textDocument": {"uri": URI}, "kind": "completion", "shownChars": 12}
+        c.protocol.notify("nextab/suggestionOutcome", {**shown, "outcome": "accepted", "acceptedChars": 12, "latencyMs": 80})
+        c.protocol.notify("nextab/suggestionOutcome", {**shown, "outcome": "partial", "acceptedChars": 5, "latencyMs": 120})
+        c.protocol.notify("nextab/suggestionOutcome", {**shown, "outcome": "dismissed", "acceptedChars": 0})
+        c.protocol.notify("nextab/suggestionOutcome", {**shown, "outcome": "loved", "acceptedChars": 0})  # bad: skipped
+        await c.protocol.send_request_async("nextab/status", None)  # notifications before it are handled
+    finally:
+        await c.shutdown_async(None)
+        c.exit(None)
+        await c.stop()
+    stats = subprocess.run(
+        [sys.executable, "-m", "nextab", "stats", "--json"],
+        env={**os.environ, "NEXTAB_CACHE_DIR": str(tmp_path)}, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    summary = json.loads(stats.stdout)
+    python = summary["completion"]["by_language"]["python"]
+    assert summary["outcomes"] == 3 and python["shown"] == 3
+    assert (python["accepted"], python["partial"], python["chars_accepted"]) == (1, 1, 17)
+    assert python["acceptance_rate"] == pytest.approx(1 / 3, abs=1e-4)
+    assert python["latency_ms"] == {"p50": 100.0, "p95": 118.0}

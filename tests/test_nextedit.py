@@ -3,8 +3,13 @@ minimal edits, and the pipeline (nextab/nextedit.py) with a scripted model and t
 
 from __future__ import annotations
 
+import json
 import math
+import shutil
+import subprocess
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -334,3 +339,75 @@ def test_the_engine_s_copy_likelihood_is_the_window_s_teacher_forced_probability
     (expected,) = tiny_backend.token_logprobs([[*prompt.ids, *prompt.draft]], [len(prompt.ids)])
     (found,) = engine.copy_logprobs([material], NEVER_CANCELLED)
     assert found == pytest.approx(float(np.sum(expected)), rel=1e-5) and found < 0
+
+
+def test_a_separate_location_model_ranks_and_a_missing_one_falls_back(
+    tiny_backend, tiny_model_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import numpy as np
+
+    from nextab.engine import Engine
+    from nextab.models.torch_backend import TorchBackend
+    from tests.tiny import build_model_dir
+
+    other_dir = build_model_dir(tmp_path / "locator", seed=1)
+    other = TorchBackend.load(other_dir, "locator", device="cpu", dtype="float32")
+    material = rewrite.RewriteInput("shop.py", "python", "", "def f():\n", "    return 1\n", "")
+
+    def copied(backend) -> float:
+        prompt = rewrite.render(backend, material)
+        (logprobs,) = backend.token_logprobs([[*prompt.ids, *prompt.draft]], [len(prompt.ids)])
+        return float(np.sum(logprobs))
+
+    settings = NextEditConfig(location_model=str(other_dir))
+    engine = Engine(Config(model=str(tiny_model_dir), next_edit=settings), tiny_backend)
+    (found,) = engine.copy_logprobs([material], NEVER_CANCELLED)
+    assert found == pytest.approx(copied(other), rel=1e-5)
+    assert found != pytest.approx(copied(tiny_backend), rel=1e-3)  # not the edit model's
+    engine.reconfigure(Config(model=str(tiny_model_dir), next_edit=NextEditConfig(location_model=str(tmp_path / "gone"))))
+    with caplog.at_level("ERROR"):
+        (fallback,) = engine.copy_logprobs([material], NEVER_CANCELLED)
+        engine.copy_logprobs([material], NEVER_CANCELLED)
+    assert fallback == pytest.approx(copied(tiny_backend), rel=1e-5)
+    assert len([r for r in caplog.records if "locationModel" in r.getMessage()]) == 1  # said once
+
+
+_APP = """def total(items):
+    count = 0
+    for item in items:
+        count += item.price
+    return count
+"""
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "nextab", "next-edit", *args],
+        cwd=cwd, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+def test_the_cli_follows_a_rename_from_an_earlier_copy(tmp_path: Path) -> None:
+    (tmp_path / "old.py").write_text(_APP)
+    (tmp_path / "app.py").write_text(_APP.replace("count = 0", "subtotal = 0"))
+    done = _cli("app.py", "--before", "old.py", "--no-model", "--json", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    found = json.loads(done.stdout)["suggestions"]
+    assert [(s["range"]["start"]["line"], s["newText"]) for s in found] == [(3, "subtotal"), (4, "subtotal")]
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_the_cli_takes_the_changes_since_the_last_commit(tmp_path: Path) -> None:
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(tmp_path)]
+    (tmp_path / "app.py").write_text(_APP)
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "app.py"], check=True)
+    subprocess.run([*git, "commit", "-qm", "one"], check=True)
+    unchanged = _cli("app.py", "--no-model", cwd=tmp_path)
+    assert unchanged.returncode == 1 and "no changes since HEAD" in unchanged.stderr
+    (tmp_path / "app.py").write_text(_APP.replace("count = 0", "subtotal = 0"))
+    done = _cli("app.py", "--no-model", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "app.py:4: rename" in done.stdout and "+        subtotal += item.price" in done.stdout
+    missing = _cli("app.py", "--rev", "no-such-rev", "--no-model", cwd=tmp_path)
+    assert missing.returncode == 2 and "pass --before FILE" in missing.stderr

@@ -1,0 +1,197 @@
+"""The local acceptance log: what became of each suggestion an editor showed.
+
+Editors report an outcome per shown suggestion (`nextab/suggestionOutcome`): accepted whole,
+accepted in part (a word or a line at a time), dismissed, or typed over. The log stays on the
+user's machine (one JSON object per line in the user cache) and `nextab stats` sums it up:
+acceptance rate, characters accepted, the latency the editor saw, per language.
+
+Each record is appended with one `write` on a file opened for appending, so a crash leaves at
+worst one torn last line, which the next record starts after; reading skips lines that do not
+parse and says how many.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+log = logging.getLogger(__name__)
+
+FORMAT = "nextab.acceptance/1"
+MAX_BYTES = 8 << 20  # past this the log starts over, the old one kept as `.1`
+
+Kind = Literal["completion", "nextEdit"]
+Result = Literal["accepted", "partial", "dismissed", "ignored"]
+KINDS: tuple[Kind, ...] = ("completion", "nextEdit")
+RESULTS: tuple[Result, ...] = ("accepted", "partial", "dismissed", "ignored")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    kind: Kind
+    result: Result
+    language: str
+    shown_chars: int
+    accepted_chars: int
+    latency_ms: float | None  # request to suggestion, as the editor measured it
+    model: str = ""
+    time: float = 0.0
+
+
+def default_path() -> Path:
+    from nextab.models.resolve import cache_dir
+
+    return cache_dir() / "acceptance.jsonl"
+
+
+class AcceptanceLog:
+    def __init__(self, path: Path | None = None, max_bytes: int = MAX_BYTES) -> None:
+        self.path = path if path is not None else default_path()
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+
+    def append(self, outcome: Outcome) -> None:
+        record = {"format": FORMAT, **asdict(outcome), "time": outcome.time or time.time()}
+        line = (json.dumps(record, separators=(",", ":")) + "\n").encode()
+        with self._lock:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                if self.path.exists() and self.path.stat().st_size + len(line) > self.max_bytes:
+                    os.replace(self.path, self.path.with_name(self.path.name + ".1"))
+                fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+                try:
+                    size = os.fstat(fd).st_size
+                    if size and os.pread(fd, 1, size - 1) != b"\n":
+                        line = b"\n" + line  # after a torn last line: keep this record apart
+                    os.write(fd, line)
+                finally:
+                    os.close(fd)
+            except OSError as error:  # a full disk costs the record, not the suggestion
+                log.warning("acceptance log %s not written: %s", self.path, error)
+
+    def read(self) -> tuple[list[Outcome], int]:
+        """The outcomes in the log (the rotated one first), and how many lines were skipped."""
+        found: list[Outcome] = []
+        skipped = 0
+        for path in (self.path.with_name(self.path.name + ".1"), self.path):
+            try:
+                lines = path.read_bytes().splitlines()
+            except FileNotFoundError:
+                continue
+            for raw in lines:
+                outcome = _parse(raw)
+                if outcome is None:
+                    skipped += 1
+                else:
+                    found.append(outcome)
+        return found, skipped
+
+
+def _parse(raw: bytes) -> Outcome | None:
+    try:
+        record = json.loads(raw)
+        if record.get("format") != FORMAT:
+            return None
+        latency = record.get("latency_ms")
+        outcome = Outcome(
+            kind=record["kind"],
+            result=record["result"],
+            language=str(record.get("language") or "unknown"),
+            shown_chars=int(record["shown_chars"]),
+            accepted_chars=int(record["accepted_chars"]),
+            latency_ms=float(latency) if latency is not None else None,
+            model=str(record.get("model", "")),
+            time=float(record.get("time", 0.0)),
+        )
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+    if outcome.kind not in KINDS or outcome.result not in RESULTS:
+        return None
+    return outcome
+
+
+def outcome_from_params(params: Any, language: str, model: str) -> Outcome:
+    """An outcome from the notification's params ({kind, outcome, shownChars, acceptedChars,
+    latencyMs}); ValueError naming the field that is wrong."""
+
+    def field(name: str) -> Any:
+        return params.get(name) if isinstance(params, dict) else getattr(params, name, None)
+
+    kind = field("kind") or "completion"
+    result = field("outcome")
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {', '.join(KINDS)}, not {kind!r}")
+    if result not in RESULTS:
+        raise ValueError(f"outcome must be one of {', '.join(RESULTS)}, not {result!r}")
+    counts = {}
+    for name in ("shownChars", "acceptedChars"):
+        value = field(name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ValueError(f"{name} must be an integer >= 0, not {value!r}")
+        counts[name] = value
+    latency = field("latencyMs")
+    if latency is not None and (not isinstance(latency, int | float) or latency < 0):
+        raise ValueError(f"latencyMs must be a number >= 0, not {latency!r}")
+    return Outcome(
+        kind=kind,
+        result=result,
+        language=language,
+        shown_chars=counts["shownChars"],
+        accepted_chars=min(counts["acceptedChars"], counts["shownChars"]),
+        latency_ms=float(latency) if latency is not None else None,
+        model=model,
+        time=time.time(),
+    )
+
+
+def summarize(outcomes: Sequence[Outcome]) -> dict[str, Any]:
+    """Per kind, overall and per language: shown, acceptance rate (whole and partial),
+    characters accepted per character shown, latency p50/p95."""
+    return {
+        kind: {
+            "all": _totals(of_kind),
+            "by_language": {
+                language: _totals([o for o in of_kind if o.language == language])
+                for language in sorted({o.language for o in of_kind})
+            },
+        }
+        for kind in KINDS
+        if (of_kind := [o for o in outcomes if o.kind == kind])
+    }
+
+
+def _totals(outcomes: Iterable[Outcome]) -> dict[str, Any]:
+    items = list(outcomes)
+    shown = len(items)
+    accepted = sum(o.result == "accepted" for o in items)
+    partial = sum(o.result == "partial" for o in items)
+    chars_shown = sum(o.shown_chars for o in items)
+    latencies = sorted(o.latency_ms for o in items if o.latency_ms is not None)
+    return {
+        "shown": shown,
+        "accepted": accepted,
+        "partial": partial,
+        "acceptance_rate": round(accepted / shown, 4) if shown else None,
+        "any_acceptance_rate": round((accepted + partial) / shown, 4) if shown else None,
+        "chars_accepted": sum(o.accepted_chars for o in items),
+        "chars_accepted_per_shown": round(sum(o.accepted_chars for o in items) / chars_shown, 4)
+        if chars_shown
+        else None,
+        "latency_ms": {"p50": _percentile(latencies, 50), "p95": _percentile(latencies, 95)},
+    }
+
+
+def _percentile(values: Sequence[float], q: float) -> float | None:
+    if not values:
+        return None
+    rank = (len(values) - 1) * q / 100
+    low = int(rank)
+    high = min(low + 1, len(values) - 1)
+    return round(values[low] + (values[high] - values[low]) * (rank - low), 1)
