@@ -2,8 +2,9 @@
 
 pynvim drives `nvim --embed`: the plugin is loaded as a user would (`require("nextab").setup`),
 keys arrive through `nvim_input`, and the assertions read what the user would see: the
-extmarks of the ghost text, the screen as a UI gets it, the buffer after Tab. The Neovim is
-whatever `nvim` is on PATH (Debian's 0.7.2 in CI).
+extmarks of the ghost text, the screen as a UI gets it, the buffer after Tab. Each test runs
+once per Neovim in NEXTAB_NVIM (comma-separated executables; default `nvim` on PATH): in CI,
+Debian's 0.7.2 and the current release that editors/nvim/scripts/fetch-current-nvim.sh fetches.
 
 With NEXTAB_SCREENSHOTS=DIR the screens are also saved there as PNG (the README's pictures).
 """
@@ -24,7 +25,17 @@ import pytest
 
 from tests.nvim_screen import Screen
 
-pytestmark = pytest.mark.skipif(shutil.which("nvim") is None, reason="needs Neovim (apt install neovim)")
+NVIMS = [n for n in os.environ.get("NEXTAB_NVIM", "nvim").split(",") if n]
+pytestmark = pytest.mark.skipif(
+    not any(shutil.which(n) for n in NVIMS), reason="needs Neovim (apt install neovim)"
+)
+
+
+@pytest.fixture(params=NVIMS)
+def nvim_bin(request: pytest.FixtureRequest) -> str:
+    if shutil.which(request.param) is None:
+        pytest.skip(f"{request.param} not found")
+    return request.param
 
 PLUGIN = Path(__file__).resolve().parents[1] / "editors" / "nvim"
 NOTES = "The shop sells apples.\nThe shop sells pears.\nThe shop \n"
@@ -47,7 +58,12 @@ def wait_for(check: Callable[[], Any], timeout: float = 60.0, what: str = "") ->
 
 
 def start_nvim(
-    model: str, project: Path, cache: Path, settings: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+    nvim_bin: str,
+    model: str,
+    project: Path,
+    cache: Path,
+    settings: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> Any:
     import pynvim
 
@@ -56,7 +72,7 @@ def start_nvim(
     monkeypatch.setenv("NEXTAB_CACHE_DIR", str(cache))
     monkeypatch.setenv("XDG_STATE_HOME", str(cache / "state"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(cache / "xdg"))
-    nvim = pynvim.attach("child", argv=["nvim", "--embed", "--headless", "--clean", "-n"])
+    nvim = pynvim.attach("child", argv=[nvim_bin, "--embed", "--headless", "--clean", "-n"])
     nvim.exec_lua(
         """
         local rtp, cmd, settings = ...
@@ -83,9 +99,11 @@ def project(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def nvim(tiny_model_dir: Path, project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+def nvim(
+    nvim_bin: str, tiny_model_dir: Path, project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Any]:
     settings = {"maxTokens": 6, "context": {"index": False}, "nextEdit": {"modelStep": False}}
-    session = start_nvim(str(tiny_model_dir), project, tmp_path / "cache", settings, monkeypatch)
+    session = start_nvim(nvim_bin, str(tiny_model_dir), project, tmp_path / "cache", settings, monkeypatch)
     yield session
     quit_nvim(session)
 
@@ -149,6 +167,9 @@ def test_ghost_text_appears_and_tab_inserts_it(nvim: Any, tmp_path: Path) -> Non
     _, row, col, details = mark
     assert (row, col) == (2, len(line))  # at the cursor, after what was typed
     assert details["virt_text"][0][0] == shown.split("\n")[0]
+    # Inline virtual text where Neovim has it (0.10+); at the end of the line an overlay before.
+    inline = lua(nvim, "return vim.fn.has('nvim-0.10') == 1")
+    assert details["virt_text_pos"] == ("inline" if inline else "overlay")
     screen.update()
     # (A next-edit preview may have come in too, as virtual lines above this one.)
     assert (line + shown.split("\n")[0])[: screen.cols].rstrip() in screen.text().splitlines()
@@ -219,7 +240,7 @@ def test_checkhealth_reports_server_model_and_version(nvim: Any, tiny_model_dir:
 
 @pytest.mark.model
 def test_the_real_model_suggests_code_in_neovim(
-    project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    nvim_bin: str, project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     (project / "stats.py").write_text(
         "def mean(values):\n    return sum(values) / len(values)\n\n\ndef variance(values):\n    m = \n"
@@ -228,7 +249,7 @@ def test_the_real_model_suggests_code_in_neovim(
 
     # Resolved here, from the user's cache: the server's cache is the test's folder.
     model = str(resolve_model("embedded", progress=False).path)
-    nvim = start_nvim(model, project, tmp_path / "cache", {"context": {"index": False}}, monkeypatch)
+    nvim = start_nvim(nvim_bin, model, project, tmp_path / "cache", {"context": {"index": False}}, monkeypatch)
     try:
         screen = Screen(nvim, cols=72, rows=9)
         open_and_attach(nvim, "stats.py")
