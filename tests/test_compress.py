@@ -10,7 +10,7 @@ import textwrap
 from collections.abc import Sequence
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from nextab.context.compress import (
@@ -100,6 +100,7 @@ def test_knapsack_rejects_mismatched_input() -> None:
         knapsack([-1], [1.0], 3)
 
 
+@example(rows=[(1, 1.0), (1, -6.4231091185018554e-161), (4, 0.0)], target=5, beta=1.0)
 @settings(max_examples=200, deadline=None)
 @given(
     rows=st.lists(st.tuples(st.integers(1, 300), st.floats(-5, 5)), min_size=1, max_size=8),
@@ -119,8 +120,11 @@ def test_allocation_stays_within_target_and_favours_rank(
     assert sum(shares) <= target
     # Rounding down loses less than one token per function; clamping loses nothing, except
     # that beta = 1 gives the lowest-scored functions rate 0 (the paper's formula).
-    lowest = min(scores) < max(scores) and beta >= 1.0
-    reachable = sum(size for size, score in rows if not (lowest and score == min(scores)))
+    # (A score within rounding of the lowest normalises to 0 as well: 1 + (2 * 1e-161 - 1) == 0.)
+    low, high = min(scores), max(scores)
+    lowest = low < high and beta >= 1.0
+    at_bottom = [lowest and 1 + beta * (2 * ((score - low) / (high - low)) - 1) <= 0 for score in scores]
+    reachable = sum(size for (size, _), bottom in zip(rows, at_bottom, strict=True) if not bottom)
     assert sum(shares) >= min(target, reachable) - len(sizes)
     rates = [share / size for share, size in zip(shares, sizes, strict=True)]
     for i, j in itertools.permutations(range(len(rows)), 2):
