@@ -332,16 +332,21 @@ def cmd_config(args: argparse.Namespace) -> int:
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nextab", description=__doc__)
     parser.add_argument("--version", action="version", version=f"nextab {__version__}")
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    levels = ["debug", "info", "warning", "error"]
+    parser.add_argument("--log-level", default="info", choices=levels)
+    # Also after the subcommand (`nextab serve --log-level debug`, as editors' argument settings
+    # put it); suppressed there so that an absent one keeps the value given before.
+    after = argparse.ArgumentParser(add_help=False)
+    after.add_argument("--log-level", default=argparse.SUPPRESS, choices=levels)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", help="run the language server (stdio unless --tcp)")
+    serve = sub.add_parser("serve", parents=[after], help="run the language server (stdio unless --tcp)")
     serve.add_argument("--stdio", action="store_true", help="talk LSP over stdin/stdout (default)")
     serve.add_argument("--tcp", metavar="HOST:PORT", help="listen for one LSP client on TCP instead")
     _add_model_flags(serve)
     serve.set_defaults(func=cmd_serve)
 
-    complete = sub.add_parser("complete", help="print the completion at FILE:LINE:COL (1-based)")
+    complete = sub.add_parser("complete", parents=[after], help="print the completion at FILE:LINE:COL (1-based)")
     complete.add_argument("location", metavar="FILE:LINE:COL")
     complete.add_argument("--mode", default="auto", choices=["auto", "line", "block"])
     complete.add_argument("--json", action="store_true", help="print the result and timings as JSON")
@@ -355,7 +360,7 @@ def make_parser() -> argparse.ArgumentParser:
     complete.set_defaults(func=cmd_complete)
 
     next_edit = sub.add_parser(
-        "next-edit", help="suggest the next edits to FILE from its changes since a git revision"
+        "next-edit", parents=[after], help="suggest the next edits to FILE from its changes since a git revision"
     )
     next_edit.add_argument("file", metavar="FILE")
     source = next_edit.add_mutually_exclusive_group()
@@ -367,27 +372,27 @@ def make_parser() -> argparse.ArgumentParser:
     _add_model_flags(next_edit)
     next_edit.set_defaults(func=cmd_next_edit)
 
-    model = sub.add_parser("model", help="manage models")
+    model = sub.add_parser("model", parents=[after], help="manage models")
     model_sub = model.add_subparsers(dest="model_command", required=True)
-    fetch = model_sub.add_parser("fetch", help="download, verify and convert a model; print its path")
+    fetch = model_sub.add_parser("fetch", parents=[after], help="download, verify and convert a model; print its path")
     fetch.add_argument("spec", nargs="?", default="embedded")
     fetch.set_defaults(func=cmd_model_fetch)
 
     calibrate = sub.add_parser(
-        "calibrate", help="learn the model's AdaDec entropy threshold from real code"
+        "calibrate", parents=[after], help="learn the model's AdaDec entropy threshold from real code"
     )
     calibrate.add_argument("--spans", type=int, default=64, help="code spans to learn from")
     calibrate.add_argument("--seed", type=int, default=0)
     _add_model_flags(calibrate)
     calibrate.set_defaults(func=cmd_calibrate)
 
-    stats = sub.add_parser("stats", help="acceptance rate and latency from the local acceptance log")
+    stats = sub.add_parser("stats", parents=[after], help="acceptance rate and latency from the local acceptance log")
     stats.add_argument("--json", action="store_true")
     stats.add_argument("--days", type=float, help="only the last N days")
     stats.add_argument("--log", help="another log file (default: the one the server writes)")
     stats.set_defaults(func=cmd_stats)
 
-    config = sub.add_parser("config", help="print the effective settings")
+    config = sub.add_parser("config", parents=[after], help="print the effective settings")
     _add_model_flags(config)
     config.set_defaults(func=cmd_config)
     return parser

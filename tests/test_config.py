@@ -329,3 +329,19 @@ def test_adadec_from_the_environment() -> None:
     raw = from_env({"NEXTAB_DECODING": "beam", "NEXTAB_ADADEC__TOP_K": "2"})
     config, errors = load(raw)
     assert errors == [] and config.decoding == "beam" and config.adadec.top_k == 2
+
+
+@pytest.mark.parametrize(
+    ("argv", "level"),
+    [
+        (["serve"], "info"),
+        (["--log-level", "debug", "serve"], "debug"),
+        # Editors pass the arguments after the subcommand (VS Code's nextab.serverArgs).
+        (["serve", "--log-level", "debug"], "debug"),
+        (["--log-level", "error", "model", "fetch", "--log-level", "warning"], "warning"),
+    ],
+)
+def test_log_level_before_or_after_the_subcommand(argv, level):
+    from nextab.cli import make_parser
+
+    assert make_parser().parse_args(argv).log_level == level

@@ -2,8 +2,14 @@
 // next-edit suggestions where they will happen, and reports what became of each suggestion.
 
 import * as vscode from "vscode";
-import { LanguageClient, type LanguageClientOptions, type ServerOptions } from "vscode-languageclient/node";
+import {
+  LanguageClient,
+  State as ClientState,
+  type LanguageClientOptions,
+  type ServerOptions,
+} from "vscode-languageclient/node";
 
+import { InflightRequests, raceCancel, type Request, type Sent } from "./inflight";
 import { previewLine, tabAction } from "./nextEdit";
 import { OutcomeTracker, type Report } from "./outcomes";
 import * as P from "./protocol";
@@ -36,6 +42,7 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
     }),
     vscode.workspace.onDidChangeTextDocument((e) => state.documentChanged(e)),
     vscode.window.onDidChangeActiveTextEditor(() => state.clearNextEdit("ignored")),
+    vscode.window.onDidChangeTextEditorSelection((e) => state.selectionChanged(e)),
   );
   await state.start();
 }
@@ -73,10 +80,15 @@ class State implements vscode.Disposable {
   enabled = settings().enabled;
   readonly outcomes = new OutcomeTracker((r) => this.report(r));
   private status: P.Status | undefined;
+  private stopped = false;
   private poll: NodeJS.Timeout | undefined;
   private editTimer: NodeJS.Timeout | undefined;
   private editRequest: vscode.CancellationTokenSource | undefined;
   private edit: ShownEdit | undefined;
+  // A next edit that came while ghost text was on screen: shown once the ghost text is turned
+  // down without a change (Esc, the cursor moving away), dropped by any edit.
+  private deferredEdit: (ShownEdit & { version: number }) | undefined;
+  private ghostAt: { uri: string; version: number } | undefined;
   private readonly removed = vscode.window.createTextEditorDecorationType({
     backgroundColor: new vscode.ThemeColor("diffEditor.removedTextBackground"),
   });
@@ -103,12 +115,37 @@ class State implements vscode.Disposable {
       documentSelector: [{ scheme: "file" }, { scheme: "untitled" }],
       outputChannel: this.output,
       initializationOptions: s.server,
+      middleware: {
+        // The server also answers plain completion requests, for editors without ghost text;
+        // here they would ask the model twice per keystroke (each cancelling the other) and pop
+        // the suggestion up in the suggest widget as well.
+        provideCompletionItem: () => undefined,
+      },
     };
-    client = new LanguageClient("nextab", "nextab", serverOptions, clientOptions);
+    const started = new LanguageClient("nextab", "nextab", serverOptions, clientOptions);
+    client = started;
+    this.stopped = false;
     this.render();
+    // The client restarts a crashed server a few times by itself; the status bar follows it and
+    // says so when it gives up, rather than spinning on "loading" for ever.
+    started.onDidChangeState(({ newState }) => {
+      if (client !== started) {
+        return;
+      }
+      this.stopped = newState === ClientState.Stopped;
+      if (this.stopped) {
+        this.status = undefined;
+        clearInterval(this.poll);
+        this.render();
+      } else if (newState === ClientState.Running) {
+        this.pollStatus();
+      }
+    });
     try {
-      await client.start();
+      await started.start();
     } catch (error) {
+      this.stopped = true;
+      this.render();
       this.output.appendLine(`nextab: the server did not start: ${error}`);
       void vscode.window.showErrorMessage(
         `nextab: could not start "${s.command}". Install it (pip install nextab) or set nextab.serverCommand.`,
@@ -176,7 +213,7 @@ class State implements vscode.Disposable {
   }
 
   private render(): void {
-    const { text, busy } = P.statusText(this.status, this.enabled);
+    const { text, busy } = P.statusText(this.status, this.enabled, this.stopped);
     this.bar.text = `${busy ? "$(sync~spin)" : "$(sparkle)"} ${text}`;
     const model = this.status?.model;
     this.bar.tooltip = model?.name
@@ -219,17 +256,61 @@ class State implements vscode.Disposable {
   }
 
   async acceptWord(): Promise<void> {
+    // What VS Code takes as a "word" depends on its version and the language's word pattern
+    // (a leading blank alone, punctuation alone): count what the cursor actually moved over.
+    const editor = vscode.window.activeTextEditor;
     const shown = this.outcomes.visible;
-    if (shown) {
-      this.outcomes.partial(P.nextWordLength(shown.text.slice(shown.accepted)));
-    }
+    const before = editor?.document.offsetAt(editor.selection.active);
     await vscode.commands.executeCommand("editor.action.inlineSuggest.acceptNextWord");
+    if (editor && shown && before !== undefined) {
+      const taken = editor.document.offsetAt(editor.selection.active) - before;
+      if (taken > 0) {
+        this.outcomes.partial(shown.id, taken);
+      }
+    }
   }
 
   async dismiss(): Promise<void> {
     this.outcomes.dismissed();
+    this.ghostAt = undefined;
     await vscode.commands.executeCommand("setContext", "nextab.suggestionVisible", false);
     await vscode.commands.executeCommand("editor.action.inlineSuggest.hide");
+    this.showDeferredEdit();
+  }
+
+  /** Ghost text for this document version is (or may be) on screen. */
+  ghostShown(document: vscode.TextDocument, shown: boolean): void {
+    this.ghostAt = shown ? { uri: document.uri.toString(), version: document.version } : undefined;
+    const edit = this.edit;
+    if (shown && edit && edit.uri === document.uri.toString()) {
+      // A next edit already drawn for this text makes way for the ghost text, and comes back.
+      this.edit = undefined;
+      this.hideNextEdit();
+      this.deferredEdit = { ...edit, version: document.version };
+    }
+  }
+
+  private ghostOn(document: vscode.TextDocument): boolean {
+    return this.ghostAt?.uri === document.uri.toString() && this.ghostAt.version === document.version;
+  }
+
+  selectionChanged(e: vscode.TextEditorSelectionChangeEvent): void {
+    // The cursor moved: VS Code took the ghost text away (typing, too, moves it, but after the
+    // change that already dropped a deferred edit). The next edit's turn.
+    this.ghostAt = undefined;
+    const d = this.deferredEdit;
+    if (d && e.textEditor.document.uri.toString() === d.uri && e.textEditor.document.version === d.version) {
+      this.showDeferredEdit();
+    }
+  }
+
+  private showDeferredEdit(): void {
+    const d = this.deferredEdit;
+    this.deferredEdit = undefined;
+    const editor = vscode.window.activeTextEditor;
+    if (d && editor && editor.document.uri.toString() === d.uri && editor.document.version === d.version) {
+      this.showNextEdit(editor, d);
+    }
   }
 
   // -- next edits --------------------------------------------------------------------------
@@ -243,6 +324,7 @@ class State implements vscode.Disposable {
       // Any change may move the edit's lines: a stale range must never be applied.
       this.clearNextEdit("ignored");
     }
+    this.deferredEdit = undefined;
     this.scheduleNextEdit(editor);
   }
 
@@ -284,8 +366,16 @@ class State implements vscode.Disposable {
       return;
     }
     const [first] = P.editSuggestions(result);
-    if (first) {
-      this.showNextEdit(editor, { uri: document.uri.toString(), suggestion: first, latencyMs: Date.now() - started });
+    if (!first) {
+      return;
+    }
+    const shown = { uri: document.uri.toString(), suggestion: first, latencyMs: Date.now() - started };
+    if (this.ghostOn(document)) {
+      // Two suggestions at once, one taken by Tab, the other drawn over the code: the ghost
+      // text at the cursor goes first.
+      this.deferredEdit = { ...shown, version };
+    } else {
+      this.showNextEdit(editor, shown);
     }
   }
 
@@ -298,7 +388,7 @@ class State implements vscode.Disposable {
     for (let line = s.range.start.line; line <= s.range.end.line; line++) {
       lines.push(editor.document.lineAt(line).text);
     }
-    const preview = previewLine(lines, s);
+    const preview = previewLine(lines, s) || "delete"; // nothing but blanks left
     editor.setDecorations(this.removed, range.isEmpty ? [] : [range]);
     const end = editor.document.lineAt(s.range.end.line).range.end;
     editor.setDecorations(this.added, [{
@@ -315,11 +405,7 @@ class State implements vscode.Disposable {
       return;
     }
     this.edit = undefined;
-    for (const editor of vscode.window.visibleTextEditors) {
-      editor.setDecorations(this.removed, []);
-      editor.setDecorations(this.added, []);
-    }
-    void vscode.commands.executeCommand("setContext", "nextab.nextEditVisible", false);
+    this.hideNextEdit();
     const chars = shown.suggestion.newText.length;
     this.report({
       uri: shown.uri,
@@ -329,6 +415,14 @@ class State implements vscode.Disposable {
       acceptedChars: outcome === "accepted" ? chars : 0,
       latencyMs: Math.round(shown.latencyMs),
     });
+  }
+
+  private hideNextEdit(): void {
+    for (const editor of vscode.window.visibleTextEditors) {
+      editor.setDecorations(this.removed, []);
+      editor.setDecorations(this.added, []);
+    }
+    void vscode.commands.executeCommand("setContext", "nextab.nextEditVisible", false);
   }
 
   async nextEditTab(): Promise<void> {
@@ -354,52 +448,86 @@ class State implements vscode.Disposable {
 }
 
 class Provider implements vscode.InlineCompletionItemProvider {
+  private readonly requests = new InflightRequests<unknown>();
+
   constructor(private readonly state: State) {}
+
+  private send(uri: string, position: P.Position): Sent<unknown> {
+    const source = new vscode.CancellationTokenSource();
+    const promise = client!.sendRequest(P.INLINE_COMPLETION, P.inlineParams(uri, position, true), source.token);
+    promise.catch((error) => {
+      if (!source.token.isCancellationRequested) {
+        this.state.output.appendLine(`nextab: inline completion failed: ${error}`);
+      }
+    });
+    return { promise, cancel: () => source.cancel() };
+  }
 
   async provideInlineCompletionItems(
     document: vscode.TextDocument,
     position: vscode.Position,
-    context: vscode.InlineCompletionContext,
+    _context: vscode.InlineCompletionContext,
     token: vscode.CancellationToken,
   ): Promise<vscode.InlineCompletionItem[] | undefined> {
     if (!this.state.enabled || !client?.isRunning()) {
       return undefined;
     }
-    const started = Date.now();
-    const automatic = context.triggerKind === vscode.InlineCompletionTriggerKind.Automatic;
-    let result: unknown;
-    try {
-      result = await client.sendRequest(
-        P.INLINE_COMPLETION,
-        P.inlineParams(document.uri.toString(), { line: position.line, character: position.character }, automatic),
-        token,
-      );
-    } catch (error) {
-      if (!token.isCancellationRequested) {
-        this.state.output.appendLine(`nextab: inline completion failed: ${error}`);
-      }
+    const uri = document.uri.toString();
+    const at = { line: position.line, character: position.character };
+    const key = `${uri}@${document.version}:${at.line}:${at.character}`;
+    const request = this.requests.get(key, () => this.send(uri, at));
+    const result = await raceCancel(request.promise, (f) => token.onCancellationRequested(f), CANCELLED);
+    if (result === CANCELLED) {
+      // VS Code gave up on this ask, not the text on it: the request runs on, and VS Code is
+      // asked again once it has an answer (if the text and cursor are still where they were).
+      void request.promise.then((late) => this.retrigger(request, late));
       return undefined;
     }
-    if (token.isCancellationRequested) {
-      return undefined;
+    return this.items(document, position, request, result);
+  }
+
+  private retrigger(request: Request<unknown>, result: unknown): void {
+    const editor = vscode.window.activeTextEditor;
+    if (request.retriggered || !P.inlineItems(result).length || !editor || !this.requests.isCurrent(request.key)) {
+      return;
     }
+    const { document, selection } = editor;
+    const key = `${document.uri.toString()}@${document.version}:${selection.active.line}:${selection.active.character}`;
+    if (key === request.key && selection.isEmpty) {
+      request.retriggered = true;
+      void vscode.commands.executeCommand("editor.action.inlineSuggest.trigger");
+    }
+  }
+
+  private items(
+    document: vscode.TextDocument,
+    position: vscode.Position,
+    request: Request<unknown>,
+    result: unknown,
+  ): vscode.InlineCompletionItem[] {
     const [first] = P.inlineItems(result);
+    this.state.ghostShown(document, Boolean(first));
     if (!first) {
       this.state.outcomes.gone();
       void vscode.commands.executeCommand("setContext", "nextab.suggestionVisible", false);
       return [];
     }
-    const latency = Date.now() - started;
-    this.state.latency(latency);
-    const id = this.state.outcomes.shown(document.uri.toString(), first.text, latency);
+    if (request.shownId === undefined || this.state.outcomes.visible?.id !== request.shownId) {
+      // Shown once per answer, however often VS Code asks for the same state again.
+      const latency = Date.now() - request.startedAt;
+      this.state.latency(latency);
+      request.shownId = this.state.outcomes.shown(document.uri.toString(), first.text, latency);
+    }
     void vscode.commands.executeCommand("setContext", "nextab.suggestionVisible", true);
-    const range = first.range ? client.protocol2CodeConverter.asRange(first.range) : new vscode.Range(position, position);
+    const range = first.range ? client!.protocol2CodeConverter.asRange(first.range) : new vscode.Range(position, position);
     return [
       new vscode.InlineCompletionItem(first.text, range, {
         title: "nextab: accepted",
         command: "nextab.accepted",
-        arguments: [id],
+        arguments: [request.shownId],
       }),
     ];
   }
 }
+
+const CANCELLED = Symbol("cancelled");

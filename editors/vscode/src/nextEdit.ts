@@ -20,5 +20,6 @@ export function previewLine(lineTexts: string[], suggestion: EditSuggestion): st
   const first = lineTexts[0] ?? "";
   const last = lineTexts[lineTexts.length - 1] ?? "";
   const after = first.slice(0, start.character) + suggestion.newText + last.slice(end.character);
-  return after.split("\n")[0];
+  // The first line with something on it: a rewrite that starts with a blank line shows its code.
+  return after.split("\n").find((line) => line.trim()) ?? "";
 }

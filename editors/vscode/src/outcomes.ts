@@ -47,8 +47,9 @@ export class OutcomeTracker {
     this.settle("accepted");
   }
 
-  partial(chars: number): void {
-    if (this.current) {
+  /** `chars` of suggestion `id` were taken (a partial accept); nothing if a newer one showed. */
+  partial(id: number, chars: number): void {
+    if (this.current?.id === id) {
       this.current.accepted = Math.min(this.current.text.length, this.current.accepted + chars);
     }
   }
@@ -68,8 +69,9 @@ export class OutcomeTracker {
       return;
     }
     this.current = undefined;
-    const result: Outcome =
-      outcome !== "accepted" && shown.accepted > 0 ? "partial" : outcome;
+    // Taken word by word to the end is taken all the same.
+    const all = shown.accepted === shown.text.length;
+    const result: Outcome = all ? "accepted" : shown.accepted > 0 ? "partial" : outcome;
     this.send({
       uri: shown.uri,
       kind: "completion",

@@ -94,15 +94,16 @@ export function serverSettings(s: ExtensionSettings): Record<string, unknown> {
   };
 }
 
-/** How much of `text` VS Code's "accept next word" takes: leading blanks, then a word or one
- * other character (a partial accept is reported with this many characters). */
-export function nextWordLength(text: string): number {
-  const match = /^\s*(?:[\p{L}\p{N}_]+|\S)/u.exec(text);
-  return match ? match[0].length : text.length;
-}
-
-/** A status-bar line: the model, where it runs, the last latency. */
-export function statusText(status: Status | undefined, enabled: boolean): { text: string; busy: boolean } {
+/** A status-bar line: the model, where it runs, the last latency. `stopped`: the server process
+ * is gone for good (it did not start, or crashed too often to be restarted). */
+export function statusText(
+  status: Status | undefined,
+  enabled: boolean,
+  stopped = false,
+): { text: string; busy: boolean } {
+  if (stopped) {
+    return { text: "nextab: server stopped", busy: false };
+  }
   if (!enabled) {
     return { text: "nextab: off", busy: false };
   }

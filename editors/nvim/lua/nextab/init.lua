@@ -151,6 +151,12 @@ function M.clear(bufnr, outcome)
     s.shown = nil
   end
   ghost.clear(bufnr)
+  local deferred = s.deferred
+  s.deferred = nil
+  if deferred and vim.api.nvim_buf_get_changedtick(bufnr) == deferred.tick then
+    s.edit = deferred
+    ghost.show_edit(bufnr, deferred.suggestion, deferred.encoding)
+  end
 end
 
 local function cursor()
@@ -186,6 +192,11 @@ local function on_completion(bufnr, asked, err, result)
   end
   ghost.show(bufnr, row, col, text)
   s.shown = { text = text, item = item, row = row, col = col, latency = now_ms() - asked.at, tick = asked.tick }
+  if s.edit and s.edit.tick == asked.tick then
+    -- A next edit already drawn for this text makes way for the ghost text, and comes back.
+    s.deferred, s.edit = s.edit, nil
+    ghost.clear_edit(bufnr)
+  end
 end
 
 function M.request(bufnr)
@@ -301,10 +312,17 @@ function M.request_next_edit(bufnr)
     end
     local first = result.suggestions and result.suggestions[1]
     ghost.clear_edit(bufnr)
-    s.edit = nil
+    s.edit, s.deferred = nil, nil
     if first then
-      s.edit = { suggestion = first, tick = tick, latency = now_ms() - at }
-      ghost.show_edit(bufnr, first, client.offset_encoding)
+      local edit = { suggestion = first, tick = tick, latency = now_ms() - at, encoding = client.offset_encoding }
+      if s.shown and s.shown.tick == tick then
+        -- Ghost text is on screen and Tab takes it: the next edit waits until it is turned down
+        -- without a change (<C-]>, leaving insert mode, moving away).
+        s.deferred = edit
+      else
+        s.edit = edit
+        ghost.show_edit(bufnr, first, edit.encoding)
+      end
     end
   end, bufnr)
 end
@@ -394,6 +412,12 @@ local function client_config(root)
     init_options = M.config.settings,
     -- Changes go out at once: a completion request must not overtake the keystroke before it.
     flags = { debounce_text_changes = 0 },
+    on_init = function(client)
+      -- The server also answers plain completion requests, for editors without ghost text. Here
+      -- a completion plugin (nvim-cmp and the like) would ask the model a second time per
+      -- keystroke, cancelling the ghost text's request: suggestions come as ghost text only.
+      client.server_capabilities.completionProvider = nil
+    end,
   }
 end
 

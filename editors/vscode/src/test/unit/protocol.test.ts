@@ -3,7 +3,7 @@ import { test } from "node:test";
 
 import { tabAction, previewLine } from "../../nextEdit";
 import { OutcomeTracker, type Report } from "../../outcomes";
-import { editSuggestions, inlineItems, nextWordLength, serverSettings, statusText, type EditSuggestion, type Status } from "../../protocol";
+import { editSuggestions, inlineItems, serverSettings, statusText, type EditSuggestion, type Status } from "../../protocol";
 
 test("inline items come from a list or {items}, snippet values included, empty ones dropped", () => {
   const range = { start: { line: 1, character: 2 }, end: { line: 1, character: 3 } };
@@ -24,12 +24,21 @@ test("server settings: the extension's own win over nextab.settings, nextEdit me
   });
 });
 
-test("accept-next-word lengths follow VS Code's word rule", () => {
-  assert.equal(nextWordLength("foo(bar)"), 3);
-  assert.equal(nextWordLength("  return x"), 8);
-  assert.equal(nextWordLength("(x)"), 1);
-  assert.equal(nextWordLength("été 2"), 3);
-  assert.equal(nextWordLength(""), 0);
+test("a partial accept counts for the suggestion it was made on; all words taken is accepted", () => {
+  const reports: Report[] = [];
+  const tracker = new OutcomeTracker((r) => reports.push(r));
+  const a = tracker.shown("file:///a.py", "foo(bar) + 1", 50);
+  tracker.partial(a, 3);
+  tracker.partial(a, 1);
+  tracker.partial(a, 100); // never more than was shown
+  const b = tracker.shown("file:///a.py", "x", 40);
+  tracker.partial(a, 2); // the earlier suggestion's accept, landing after the next showed: not b's
+  tracker.dismissed();
+  assert.equal(b, a + 1);
+  assert.deepEqual(reports.map((r) => [r.outcome, r.shownChars, r.acceptedChars]), [
+    ["accepted", 12, 12], // every word taken
+    ["dismissed", 1, 0],
+  ]);
 });
 
 test("status bar text", () => {
@@ -42,6 +51,8 @@ test("status bar text", () => {
   assert.deepEqual(statusText(undefined, true), { text: "nextab: loading model", busy: true });
   assert.equal(statusText(ready, false).text, "nextab: off");
   assert.equal(statusText({ ...ready, state: "failed" }, true).text, "nextab: model failed");
+  // A server that is gone never shows as loading forever.
+  assert.deepEqual(statusText(undefined, true, true), { text: "nextab: server stopped", busy: false });
 });
 
 test("each shown suggestion is reported once, with what was taken of it", () => {
@@ -50,8 +61,8 @@ test("each shown suggestion is reported once, with what was taken of it", () => 
   const a = tracker.shown("file:///a.py", "return x", 120);
   tracker.accepted(a);
   tracker.accepted(a); // a second accept of the same item: already settled
-  tracker.shown("file:///a.py", "foo(bar)", 80);
-  tracker.partial(3);
+  const b = tracker.shown("file:///a.py", "foo(bar)", 80);
+  tracker.partial(b, 3);
   tracker.shown("file:///a.py", "next", 90); // the partly taken one is superseded
   tracker.dismissed();
   tracker.shown("file:///a.py", "gone", 70);
@@ -79,4 +90,7 @@ test("Tab jumps to a next edit elsewhere and applies it where the cursor is", ()
   assert.equal(tabAction(suggestion, { line: 3, character: 0 }), "apply");
   assert.equal(tabAction({ ...suggestion, atCursor: true }, { line: 9, character: 0 }), "apply");
   assert.equal(previewLine(["        count += item.price"], suggestion), "        subtotal += item.price");
+  const rewrite = { ...suggestion, range: { start: { line: 3, character: 0 }, end: { line: 4, character: 9 } } };
+  assert.equal(previewLine(["a = 1", "b = 2"], { ...rewrite, newText: "\n\nc = 3" }), "c = 3");
+  assert.equal(previewLine(["a = 1", "b = 2"], { ...rewrite, newText: "" }), ""); // a deletion
 });
