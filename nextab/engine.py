@@ -475,8 +475,11 @@ def _shows_all(shown: tuple[Trimmed, bool]) -> bool:
 def _shown(prompt: Prompt, offset: int, text: str, stop_reason: str) -> tuple[Trimmed, bool]:
     """What the editor is shown of a decoded completion, and whether the syntax check had to
     cut it back (the suggestion then shows less than the model wrote, perhaps nothing)."""
-    trimmed = finalize(text, prompt.rules)
-    whole_line = _inserts_whole_line(prompt.mode, prompt.rules, stop_reason, trimmed.text)
+    finalized = finalize(text, prompt.rules)
+    trimmed = _without_cut_line(finalized, text, prompt.mode, stop_reason)
+    # What is left ends a line the model finished: a stop, or the cut-off line dropped.
+    ends_whole = stop_reason == "stop" or trimmed != finalized
+    whole_line = _inserts_whole_line(prompt.mode, prompt.rules, ends_whole, trimmed.text)
     if whole_line:
         trimmed = Trimmed(trimmed.text + "\n", trimmed.replace)
     if prompt.tree is None or not trimmed.text:
@@ -487,6 +490,16 @@ def _shown(prompt: Prompt, offset: int, text: str, stop_reason: str) -> tuple[Tr
     # A shortened suggestion no longer ends where the auto-closed rest of the line did.
     cut = trimmed.text[:keep].rstrip()
     return Trimmed(cut + "\n" if whole_line and cut else cut, replace=0), True
+
+
+def _without_cut_line(trimmed: Trimmed, decoded: str, mode: str, stop_reason: str) -> Trimmed:
+    """A block that the token limit cut off mid-line ends with its last whole line: a dangling
+    `print` or `if x ==` under complete lines is worse than one line less."""
+    if mode != "block" or stop_reason != "length" or decoded.endswith("\n") or trimmed.replace:
+        return trimmed
+    head, newline, last = trimmed.text.rpartition("\n")
+    cut_here = decoded.rstrip().endswith(last.rstrip())  # not already ended by the stop rules
+    return Trimmed(head.rstrip(), 0) if newline and head.strip() and cut_here else trimmed
 
 
 def workspace_store(root: str | Path) -> Path:
@@ -539,7 +552,7 @@ def _requested_mode(requested: RequestedMode, multiline: str) -> RequestedMode:
     return {"always": "block", "never": "line"}.get(multiline, "auto")  # type: ignore[return-value]
 
 
-def _inserts_whole_line(mode: str, rules: StopRules, stop_reason: str, text: str) -> bool:
+def _inserts_whole_line(mode: str, rules: StopRules, ends_whole: bool, text: str) -> bool:
     """At column 0 before existing code, a suggestion is new lines above that code: it must end
     with a line end, or its last line would run into the code (and the syntax check would
     then cut the whole suggestion away)."""
@@ -549,4 +562,4 @@ def _inserts_whole_line(mode: str, rules: StopRules, stop_reason: str, text: str
     if text.endswith("\n"):
         return False
     # A line cut short by the token limit is no line to insert; a block's earlier lines are.
-    return stop_reason == "stop" or (mode == "block" and "\n" in text)
+    return ends_whole or (mode == "block" and "\n" in text)

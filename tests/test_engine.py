@@ -323,6 +323,27 @@ def test_block_inserted_above_code_ends_with_a_line_end(tiny_backend):
     compile(filled, "f.py", "exec")
 
 
+def test_block_cut_by_the_token_limit_ends_with_its_last_whole_line(tiny_backend):
+    text = "def fizzbuzz(n):\n    \n"
+    offset = text.index("    \n") + 4
+    script = 'for i in range(1, n + 1):\n        word = str(i)\n        print(word, "FizzBuzz")\n'
+    engine = Engine(CLASSIC, Scripted(tiny_backend, script))
+    doc = Document("file:///a.py", text, "python")
+    whole = script.split("\n")
+    shown = {}
+    for limit in range(2, len(tiny_backend.tokenize(script)) - 1):
+        s = engine.complete(CompletionRequest(doc, offset, text, mode="block", max_tokens=limit))
+        assert s.stop_reason == "length"
+        shown[limit] = s.text
+        lines = s.text.split("\n")
+        # Whole lines of the script, or (a header whose body was cut) nothing; never `print(`.
+        assert s.text == "" or lines == whole[: len(lines)], (limit, s.text)
+    assert any(t.count("\n") == 1 for t in shown.values())  # the `for` and its first line
+    # The stop rules' own end is no cut: the last line stays.
+    s = engine.complete(CompletionRequest(doc, offset, text, mode="block"))
+    assert s.stop_reason != "length" and s.text == script.rstrip()
+
+
 def test_block_completion_stops_at_the_dedent(tiny_backend):
     text = "def f(xs):\n    \n\nprint(f([1]))\n"
     offset = text.index("    \n") + 4

@@ -111,6 +111,19 @@ class VSCode:
         )
         return "".join(s.text_content() or "" for s in spans).replace("\u00a0", " ")
 
+    def ghost_lines(self) -> list[str]:
+        """All of the ghost text: its first line at the cursor, the rest in a zone below it."""
+        lines = self.page.evaluate(
+            """() => {
+                 const part = '.view-lines .ghost-text-decoration, .view-lines .ghost-text-decoration-preview';
+                 const first = [...document.querySelectorAll(part)].map(e => e.textContent).join('');
+                 const rest = [...document.querySelectorAll('.view-zones .view-line')]
+                   .filter(l => l.querySelector('.ghost-text')).map(l => l.textContent);
+                 return first || rest.length ? [first, ...rest] : [];
+               }"""
+        )
+        return [line.replace("\u00a0", " ") for line in lines]
+
     def after_text(self) -> str:
         """Text that decorations put after lines (`after.contentText` renders as CSS content)."""
         return self.page.evaluate(
@@ -259,6 +272,12 @@ def test_ghost_text_appears_and_tab_inserts_it(
     wait_for(lambda: not code.ghost(), timeout=5, what="Tab to take the ghost text")
     code.save()
     assert project.joinpath("notes.txt").read_text().splitlines()[2] == "The shop " + typed + shown
+
+    # The server's log is one command away.
+    code.command("nextab: Show Server Log")
+    log = ".output .view-line, .output-view .view-line"  # its last lines: the server's log lines
+    wait_for(lambda: any("nextab" in line.inner_text() for line in code.page.query_selector_all(log)),
+             timeout=10, what="the server log in the Output panel")  # fmt: skip
     (accepted,) = [o for o in outcomes(tmp_path / "cache", 1) if o["result"] == "accepted"]
     assert accepted["kind"] == "completion" and accepted["accepted_chars"] == accepted["shown_chars"]
     assert accepted["shown_chars"] >= len(shown)  # more if it ran on to further lines
@@ -381,3 +400,17 @@ def test_the_real_model_suggests_code_in_vscode(
     wait_for(lambda: not code.ghost(), timeout=5)
     code.save()
     assert project.joinpath("stats.py").read_text().splitlines()[5] == "    m = m" + shown
+
+    # Where a body starts, a block: several lines of ghost text, and Tab takes them all.
+    (project / "fizz.py").write_text("def fizzbuzz(n):\n    \n")
+    code.open("fizz.py")
+    code.go_to(2, 5)
+    code.command("Trigger Inline Suggestion")
+    lines = wait_for(lambda: len(code.ghost_lines()) > 1 and code.ghost_lines(), timeout=120,
+                     what="a multi-line suggestion")  # fmt: skip
+    code.screenshot("vscode-multiline.png", tmp_path)
+    code.page.keyboard.press("Tab")
+    wait_for(lambda: not code.ghost_lines(), timeout=5)
+    code.save()
+    written = project.joinpath("fizz.py").read_text().splitlines()[1 : 1 + len(lines)]
+    assert [line.rstrip() for line in written] == ["    " + lines[0].rstrip()] + [line.rstrip() for line in lines[1:]]
