@@ -452,9 +452,10 @@ class Provider implements vscode.InlineCompletionItemProvider {
 
   constructor(private readonly state: State) {}
 
-  private send(uri: string, position: P.Position): Sent<unknown> {
+  private send(uri: string, position: P.Position, automatic: boolean): Sent<unknown> {
     const source = new vscode.CancellationTokenSource();
-    const promise = client!.sendRequest(P.INLINE_COMPLETION, P.inlineParams(uri, position, true), source.token);
+    const params = P.inlineParams(uri, position, automatic);
+    const promise = client!.sendRequest(P.INLINE_COMPLETION, params, source.token);
     promise.catch((error) => {
       if (!source.token.isCancellationRequested) {
         this.state.output.appendLine(`nextab: inline completion failed: ${error}`);
@@ -466,7 +467,7 @@ class Provider implements vscode.InlineCompletionItemProvider {
   async provideInlineCompletionItems(
     document: vscode.TextDocument,
     position: vscode.Position,
-    _context: vscode.InlineCompletionContext,
+    context: vscode.InlineCompletionContext,
     token: vscode.CancellationToken,
   ): Promise<vscode.InlineCompletionItem[] | undefined> {
     if (!this.state.enabled || !client?.isRunning()) {
@@ -475,7 +476,8 @@ class Provider implements vscode.InlineCompletionItemProvider {
     const uri = document.uri.toString();
     const at = { line: position.line, character: position.character };
     const key = `${uri}@${document.version}:${at.line}:${at.character}`;
-    const request = this.requests.get(key, () => this.send(uri, at));
+    const automatic = context.triggerKind === vscode.InlineCompletionTriggerKind.Automatic;
+    const request = this.requests.get(key, () => this.send(uri, at, automatic));
     const result = await raceCancel(request.promise, (f) => token.onCancellationRequested(f), CANCELLED);
     if (result === CANCELLED) {
       // VS Code gave up on this ask, not the text on it: the request runs on, and VS Code is
