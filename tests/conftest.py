@@ -6,6 +6,24 @@ import pytest
 
 from tests.tiny import build_model_dir
 
+# What the editor tests (Neovim, VS Code) open: prose to type into, code with a rename to follow.
+NOTES = "The shop sells apples.\nThe shop sells pears.\nThe shop \n"
+SHOP = """def total(items):
+    count = 0
+    for item in items:
+        count += item.price
+    return count
+"""
+
+
+@pytest.fixture
+def editor_project(tmp_path: Path) -> Path:
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "notes.txt").write_text(NOTES)
+    (folder / "shop.py").write_text(SHOP)
+    return folder
+
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:

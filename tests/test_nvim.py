@@ -39,13 +39,6 @@ def nvim_bin(request: pytest.FixtureRequest) -> str:
     return request.param
 
 PLUGIN = Path(__file__).resolve().parents[1] / "editors" / "nvim"
-NOTES = "The shop sells apples.\nThe shop sells pears.\nThe shop \n"
-SHOP = """def total(items):
-    count = 0
-    for item in items:
-        count += item.price
-    return count
-"""
 
 
 def wait_for(check: Callable[[], Any], timeout: float = 60.0, what: str = "") -> Any:
@@ -61,7 +54,7 @@ def wait_for(check: Callable[[], Any], timeout: float = 60.0, what: str = "") ->
 def start_nvim(
     nvim_bin: str,
     model: str,
-    project: Path,
+    editor_project: Path,
     cache: Path,
     settings: dict[str, Any],
     monkeypatch: pytest.MonkeyPatch,
@@ -86,25 +79,16 @@ def start_nvim(
         [sys.executable, "-m", "nextab", "serve", "--model", model, "--device", "cpu"],
         settings,
     )
-    nvim.command(f"cd {project}")
+    nvim.command(f"cd {editor_project}")
     return nvim
 
 
 @pytest.fixture
-def project(tmp_path: Path) -> Path:
-    folder = tmp_path / "project"
-    folder.mkdir()
-    (folder / "notes.txt").write_text(NOTES)
-    (folder / "shop.py").write_text(SHOP)
-    return folder
-
-
-@pytest.fixture
 def nvim(
-    nvim_bin: str, tiny_model_dir: Path, project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    nvim_bin: str, tiny_model_dir: Path, editor_project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Any]:
     settings = {"maxTokens": 6, "context": {"index": False}, "nextEdit": {"modelStep": False}}
-    session = start_nvim(nvim_bin, str(tiny_model_dir), project, tmp_path / "cache", settings, monkeypatch)
+    session = start_nvim(nvim_bin, str(tiny_model_dir), editor_project, tmp_path / "cache", settings, monkeypatch)
     yield session
     quit_nvim(session)
 
@@ -248,16 +232,16 @@ def test_checkhealth_reports_server_model_and_version(nvim: Any, tiny_model_dir:
 
 @pytest.mark.model
 def test_the_real_model_suggests_code_in_neovim(
-    nvim_bin: str, project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    nvim_bin: str, editor_project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    (project / "stats.py").write_text(
+    (editor_project / "stats.py").write_text(
         "def mean(values):\n    return sum(values) / len(values)\n\n\ndef variance(values):\n    m = \n"
     )
     from nextab.models.resolve import resolve_model
 
     # Resolved here, from the user's cache: the server's cache is the test's folder.
     model = str(resolve_model("embedded", progress=False).path)
-    nvim = start_nvim(nvim_bin, model, project, tmp_path / "cache", {"context": {"index": False}}, monkeypatch)
+    nvim = start_nvim(nvim_bin, model, editor_project, tmp_path / "cache", {"context": {"index": False}}, monkeypatch)
     try:
         screen = Screen(nvim, cols=72, rows=9)
         open_and_attach(nvim, "stats.py")

@@ -30,7 +30,7 @@ from typing import Any
 
 import pytest
 
-from tests.test_nvim import NOTES, SHOP, outcomes, wait_for
+from tests.test_nvim import outcomes, wait_for
 
 EXTENSION = Path(__file__).resolve().parents[1] / "editors" / "vscode"
 CODE_SERVER = os.environ.get("NEXTAB_CODE_SERVER", "")
@@ -90,12 +90,12 @@ def free_port() -> int:
 
 
 class VSCode:
-    """One code-server and one browser page on it: a user at VS Code with `project` open."""
+    """One code-server and one browser page on it: a user at VS Code with `editor_project` open."""
 
-    def __init__(self, page: Page, server: subprocess.Popen[bytes], project: Path) -> None:
+    def __init__(self, page: Page, server: subprocess.Popen[bytes], editor_project: Path) -> None:
         self.page = page
         self.server = server
-        self.project = project
+        self.editor_project = editor_project
 
     # -- what the user sees ------------------------------------------------------------------
 
@@ -183,17 +183,8 @@ class VSCode:
 
 
 @pytest.fixture
-def project(tmp_path: Path) -> Path:
-    folder = tmp_path / "project"
-    folder.mkdir()
-    (folder / "notes.txt").write_text(NOTES)
-    (folder / "shop.py").write_text(SHOP)
-    return folder
-
-
-@pytest.fixture
 def vscode_for(
-    extensions: Path, project: Path, tmp_path: Path
+    extensions: Path, editor_project: Path, tmp_path: Path
 ) -> Iterator[Callable[..., VSCode]]:
     """Start VS Code with the given nextab settings; everything started is stopped after."""
     assert sync_playwright is not None
@@ -212,16 +203,16 @@ def vscode_for(
         server = subprocess.Popen(
             [CODE_SERVER, "--auth", "none", "--bind-addr", f"127.0.0.1:{port}", "--user-data-dir",
              str(data), "--extensions-dir", str(extensions), "--disable-telemetry",
-             "--disable-update-check", "--disable-workspace-trust", str(project)],
+             "--disable-update-check", "--disable-workspace-trust", str(editor_project)],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
         )  # fmt: skip
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         started.append((server, browser))
         page = browser.new_page(viewport={"width": width, "height": height})
         wait_for(lambda: _answers(port), timeout=30, what="code-server to listen")
-        page.goto(f"http://127.0.0.1:{port}/?folder={project}")
+        page.goto(f"http://127.0.0.1:{port}/?folder={editor_project}")
         page.wait_for_selector(".explorer-folders-view .monaco-list-row", timeout=60_000)
-        return VSCode(page, server, project)
+        return VSCode(page, server, editor_project)
 
     yield start
     for server, browser in started:
@@ -252,7 +243,7 @@ def tiny_settings(model: Path, **more: Any) -> dict[str, Any]:
 
 
 def test_ghost_text_appears_and_tab_inserts_it(
-    vscode_for: Callable[..., VSCode], tiny_model_dir: Path, project: Path, tmp_path: Path
+    vscode_for: Callable[..., VSCode], tiny_model_dir: Path, editor_project: Path, tmp_path: Path
 ) -> None:
     code = vscode_for(tiny_settings(tiny_model_dir))
     code.open("notes.txt")
@@ -271,7 +262,7 @@ def test_ghost_text_appears_and_tab_inserts_it(
     code.page.keyboard.press("Tab")
     wait_for(lambda: not code.ghost(), timeout=5, what="Tab to take the ghost text")
     code.save()
-    assert project.joinpath("notes.txt").read_text().splitlines()[2] == "The shop " + typed + shown
+    assert editor_project.joinpath("notes.txt").read_text().splitlines()[2] == "The shop " + typed + shown
 
     # The server's log is one command away.
     code.command("nextab: Show Server Log")
@@ -284,7 +275,7 @@ def test_ghost_text_appears_and_tab_inserts_it(
 
 
 def test_escape_dismisses_ctrl_right_takes_a_word_and_toggle_turns_off(
-    vscode_for: Callable[..., VSCode], tiny_model_dir: Path, project: Path, tmp_path: Path
+    vscode_for: Callable[..., VSCode], tiny_model_dir: Path, editor_project: Path, tmp_path: Path
 ) -> None:
     code = vscode_for(tiny_settings(tiny_model_dir))
     code.open("notes.txt")
@@ -309,7 +300,7 @@ def test_escape_dismisses_ctrl_right_takes_a_word_and_toggle_turns_off(
         code.page.keyboard.press("Escape")
         wait_for(lambda: not code.ghost(), timeout=5, what="Escape to dismiss")
     code.save()
-    line = project.joinpath("notes.txt").read_text().splitlines()[2]
+    line = editor_project.joinpath("notes.txt").read_text().splitlines()[2]
     taken = line.removeprefix("The shop " + typed)
     assert taken and shown.startswith(taken)  # VS Code's idea of a word: some of it, from the start
     # The server hears of exactly what was taken.
@@ -324,11 +315,11 @@ def test_escape_dismisses_ctrl_right_takes_a_word_and_toggle_turns_off(
     time.sleep(2)
     assert not code.ghost()
     code.save()
-    assert project.joinpath("notes.txt").read_text().splitlines()[2] == line + "abcd"
+    assert editor_project.joinpath("notes.txt").read_text().splitlines()[2] == line + "abcd"
 
 
 def test_next_edit_is_shown_then_jumped_to_then_applied(
-    vscode_for: Callable[..., VSCode], tiny_model_dir: Path, project: Path, tmp_path: Path
+    vscode_for: Callable[..., VSCode], tiny_model_dir: Path, editor_project: Path, tmp_path: Path
 ) -> None:
     code = vscode_for(tiny_settings(tiny_model_dir))
     code.open("shop.py")
@@ -347,7 +338,7 @@ def test_next_edit_is_shown_then_jumped_to_then_applied(
     code.page.keyboard.press("Tab")  # apply
     wait_for(lambda: "subtotal += item.price" not in code.after_text(), timeout=5)
     code.save()
-    lines = project.joinpath("shop.py").read_text().splitlines()
+    lines = editor_project.joinpath("shop.py").read_text().splitlines()
     assert lines[1] == "    subtotal = 0"
     assert lines[3] == "        subtotal += item.price"
     assert any(o["kind"] == "nextEdit" and o["result"] == "accepted" for o in outcomes(tmp_path / "cache", 1))
@@ -365,9 +356,9 @@ def test_a_server_that_cannot_start_says_so(
 
 @pytest.mark.model
 def test_the_real_model_suggests_code_in_vscode(
-    vscode_for: Callable[..., VSCode], project: Path, tmp_path: Path
+    vscode_for: Callable[..., VSCode], editor_project: Path, tmp_path: Path
 ) -> None:
-    (project / "stats.py").write_text(
+    (editor_project / "stats.py").write_text(
         "def mean(values):\n    return sum(values) / len(values)\n\n\ndef variance(values):\n    m = \n"
     )
     from nextab.models.resolve import resolve_model
@@ -399,10 +390,10 @@ def test_the_real_model_suggests_code_in_vscode(
     code.page.keyboard.press("Tab")
     wait_for(lambda: not code.ghost(), timeout=5)
     code.save()
-    assert project.joinpath("stats.py").read_text().splitlines()[5] == "    m = m" + shown
+    assert editor_project.joinpath("stats.py").read_text().splitlines()[5] == "    m = m" + shown
 
     # Where a body starts, a block: several lines of ghost text, and Tab takes them all.
-    (project / "fizz.py").write_text("def fizzbuzz(n):\n    \n")
+    (editor_project / "fizz.py").write_text("def fizzbuzz(n):\n    \n")
     code.open("fizz.py")
     code.go_to(2, 5)
     code.command("Trigger Inline Suggestion")
@@ -412,5 +403,5 @@ def test_the_real_model_suggests_code_in_vscode(
     code.page.keyboard.press("Tab")
     wait_for(lambda: not code.ghost_lines(), timeout=5)
     code.save()
-    written = project.joinpath("fizz.py").read_text().splitlines()[1 : 1 + len(lines)]
+    written = editor_project.joinpath("fizz.py").read_text().splitlines()[1 : 1 + len(lines)]
     assert [line.rstrip() for line in written] == ["    " + lines[0].rstrip()] + [line.rstrip() for line in lines[1:]]
