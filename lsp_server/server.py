@@ -129,7 +129,10 @@ class NextabServer(LanguageServer):
             log.info("client declined work-done progress; indexing without reports")
         try:
             workspace = await loop.run_in_executor(
-                self.model_thread, lambda: engine.open_workspace(root, progress=progress)
+                self.model_thread,
+                lambda: engine.open_workspace(
+                    root, store_dir="default" if self.config.context.persist else None, progress=progress
+                ),
             )
         except Exception as error:
             log.exception("could not open workspace %s", root)

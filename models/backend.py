@@ -38,6 +38,16 @@ class KVCache(Protocol):
         ...
 
 
+class BatchCache(Protocol):
+    """Attention caches of several independent sequences, run side by side (batch jobs).
+
+    Rows are left-padded to a common length; the padding is masked and never attended to.
+    """
+
+    @property
+    def rows(self) -> int: ...
+
+
 @runtime_checkable
 class Backend(Protocol):
     info: ModelInfo
@@ -80,6 +90,22 @@ class Backend(Protocol):
         cache, outside `cache.tokens`, until the next `forward` or `truncate` drops the tree.
         Returns float32 logits of shape (len(tokens), vocab), on the host.
         """
+        ...
+
+    def new_batch(self) -> BatchCache: ...
+
+    def forward_batch(self, batch: BatchCache, rows: Sequence[Sequence[int]]) -> np.ndarray:
+        """Run each row's tokens after what the batch holds for that row; return each row's
+        next-token logits, float32 of shape (len(rows), vocab_size), on the host.
+
+        The first call sets the batch's rows (prompts of any lengths: padding-aware); later
+        calls must give every row at least one token (decoding gives one each).
+        """
+        ...
+
+    def keep_rows(self, batch: BatchCache, rows: Sequence[int]) -> None:
+        """Keep only these rows (indices into the current rows, in order): finished sequences
+        leave the batch so that the others' steps do not pay for them."""
         ...
 
     def token_logprobs(

@@ -63,6 +63,16 @@ class TorchCache:
         return len(self.tree_parents)
 
 
+@dataclass
+class TorchBatch:
+    kv: DynamicCache
+    mask: torch.Tensor  # (rows, slots): 1 where a slot holds a real token, 0 for padding
+
+    @property
+    def rows(self) -> int:
+        return int(self.mask.shape[0])
+
+
 class TorchBackend:
     def __init__(
         self,
@@ -204,6 +214,57 @@ class TorchBackend:
         # way (a positive one meant a final length before v5 and is refused since).
         cache.kv.crop(length - len(cache.tokens))
         del cache.tokens[length:]
+
+    def new_batch(self) -> TorchBatch:
+        return TorchBatch(
+            kv=DynamicCache(config=self.model.config),
+            mask=torch.zeros((0, 0), dtype=torch.long, device=self.device),
+        )
+
+    @torch.inference_mode()
+    def forward_batch(
+        self, batch: TorchBatch, rows: Sequence[Sequence[int]], chunk: int = 256
+    ) -> np.ndarray:
+        if not rows or any(not row for row in rows):
+            raise ValueError("forward_batch needs at least one token in every row")
+        if batch.mask.shape[1] and len(rows) != batch.rows:
+            raise ValueError(f"{len(rows)} rows for a batch of {batch.rows}")
+        width = max(len(row) for row in rows)
+        ids = torch.zeros((len(rows), width), dtype=torch.long)
+        new = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            # Left padding puts every row's last token in the last column: one logits column.
+            ids[i, width - len(row) :] = torch.tensor(list(row), dtype=torch.long)
+            new[i, width - len(row) :] = 1
+        ids, new = ids.to(self.device), new.to(self.device)
+        before = batch.mask.shape[1]
+        mask = torch.cat([batch.mask.reshape(len(rows), before), new], dim=1)
+        # A row's positions count its real tokens only, as if it had never been padded.
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        logits = None
+        # Chunks bound the attention's memory on long prompts (rows x chunk x slots).
+        for begin in range(0, width, chunk):
+            end = min(begin + chunk, width)
+            out = self.model(
+                input_ids=ids[:, begin:end],
+                attention_mask=mask[:, : before + end],
+                past_key_values=batch.kv,
+                use_cache=True,
+                cache_position=torch.arange(before + begin, before + end, device=self.device),
+                position_ids=positions[:, before + begin : before + end],
+                logits_to_keep=1,
+            )
+            logits = out.logits[:, -1]
+        batch.mask = mask
+        assert logits is not None
+        return logits.float().cpu().numpy()
+
+    def keep_rows(self, batch: TorchBatch, rows: Sequence[int]) -> None:
+        if list(rows) == list(range(batch.rows)):
+            return
+        index = torch.tensor(list(rows), dtype=torch.long, device=self.device)
+        batch.kv.batch_select_indices(index)
+        batch.mask = batch.mask[index]
 
     @torch.inference_mode()
     def token_logprobs(

@@ -324,6 +324,12 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_batch(args: argparse.Namespace) -> int:
+    from nextab.batch import cmd_batch as run_batch
+
+    return run_batch(args, build_config(args))
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     print(json.dumps(to_settings(build_config(args)), indent=2))
     return 0
@@ -391,6 +397,25 @@ def make_parser() -> argparse.ArgumentParser:
     stats.add_argument("--days", type=float, help="only the last N days")
     stats.add_argument("--log", help="another log file (default: the one the server writes)")
     stats.set_defaults(func=cmd_stats)
+
+    batch = sub.add_parser(
+        "batch", parents=[after], help="complete the positions of a JSON-lines file (locally or on Ray)"
+    )
+    from nextab import batch as batch_job
+
+    batch_job.add_arguments(batch)
+    _add_model_flags(batch)
+    batch.set_defaults(func=cmd_batch)
+
+    bench = sub.add_parser("bench", parents=[after], help="benchmarks of what a person typing gets")
+    bench_sub = bench.add_subparsers(dest="bench_command", required=True)
+    accept = bench_sub.add_parser(
+        "accept", parents=[after], help="acceptance rate: replay typing real files through the server"
+    )
+    from nextab import bench_accept
+
+    bench_accept.add_arguments(accept)
+    accept.set_defaults(func=bench_accept.run)
 
     config = sub.add_parser("config", parents=[after], help="print the effective settings")
     _add_model_flags(config)

@@ -41,6 +41,9 @@ class ContextConfig:
     recent_edits_chars: int = 1200  # unified diffs of the latest edits shown in the prompt
     index: bool = True  # index the workspace (definitions, imports, similar code)
     watch: bool = True  # follow changes made outside the editor
+    # Keep the index and the edit history in the user cache across restarts; off, a session
+    # starts from nothing and leaves nothing (benchmarks, throw-away workspaces).
+    persist: bool = True
     max_files: int = 20_000
     max_file_bytes: int = 1_000_000
     history_edits: int = 200  # edits kept per workspace, across restarts

@@ -31,12 +31,14 @@ from nextab.context.repository import Material
 from nextab.context.syntax import Snapshot
 from nextab.context.window import WindowLimits, cut_window
 from nextab.models.backend import Backend, Interrupted, KVCache
+from nextab.models.batch_decoding import BatchItem, decode_batch
 from nextab.models.decoding import (
     NEVER_CANCELLED,
     CancelToken,
     DecodeParams,
     Decoder,
     DecodeResult,
+    GreedyDecoder,
     Healing,
     make_decoder,
     split_for_healing,
@@ -72,6 +74,7 @@ class CompletionRequest:
     path: str | None = None  # shown to the model as the file's name
     mode: RequestedMode = "auto"
     max_tokens: int | None = None
+    decoding: str | None = None  # a strategy other than the configured one (batch rows)
 
 
 @dataclass(frozen=True)
@@ -309,13 +312,7 @@ class Engine:
         started = time.perf_counter()
         offset = request.offset
         built = self.prompt_for(request)
-        prompt, healing, mode, rules = built.ids, built.healing, built.mode, built.rules
-        params = DecodeParams(
-            max_tokens=request.max_tokens or self.config.max_tokens,
-            stop_ids=self.stop_ids,
-            stop_check=rules,
-            viable=lambda text, reason: _shows_all(_shown(built, offset, text, reason)),
-        )
+        params = self._params(built, request)
         # Completions come from one thread (the caller's model thread), so a plain counter is
         # enough; the preparer only reads it.
         self._waiting += 1
@@ -324,29 +321,62 @@ class Engine:
                 self._waiting -= 1
                 cancel.check()
                 cache = self._cache_for(request.document)
-                result = self.decoder.decode(self.backend, cache, prompt, params, cancel, healing)
+                decoder = self._decoder_for(request.decoding)
+                result = decoder.decode(self.backend, cache, built.ids, params, cancel, built.healing)
         finally:
             self._last_request = time.monotonic()
             if self.workspace is not None and self.workspace.pending():
                 self._wake.set()
-        trimmed, _ = _shown(built, offset, result.text, result.stop_reason)
-        return Suggestion(
-            text=trimmed.text,
-            replace=trimmed.replace,
-            mode=mode,
-            stop_reason=result.stop_reason,
-            metrics=Metrics(
-                context_tokens=built.context_tokens,
-                prompt_tokens=result.prompt_tokens,
-                reused_tokens=result.reused_tokens,
-                generated_tokens=len(result.tokens),
-                prefill_ms=result.prefill_ms,
-                decode_ms=result.decode_ms,
-                total_ms=(time.perf_counter() - started) * 1000,
-                paused_steps=result.paused_steps,
-                evaluated_tokens=result.evaluated_tokens,
-            ),
+        return _suggestion(built, offset, result, (time.perf_counter() - started) * 1000)
+
+    def complete_batch(
+        self, requests: Sequence[CompletionRequest], cancel: CancelToken = NEVER_CANCELLED
+    ) -> list[Suggestion]:
+        """Completions of independent requests (batch jobs), in their order.
+
+        Greedy rows are decoded side by side in one padded batch: the same tokens as one at a
+        time, for about the price of the longest row's steps. Rows with another strategy run one
+        at a time. No document's KV cache is read or kept.
+        """
+        started = time.perf_counter()
+        built = [self.prompt_for(request) for request in requests]
+        greedy = [i for i, r in enumerate(requests) if type(self._decoder_for(r.decoding)) is GreedyDecoder]
+        items = [
+            BatchItem(built[i].ids, self._params(built[i], requests[i]), built[i].healing)
+            for i in greedy
+        ]
+        found: dict[int, Suggestion] = {}
+        self._waiting += 1
+        try:
+            with self._lock:
+                self._waiting -= 1
+                cancel.check()
+                results = decode_batch(self.backend, items, cancel)
+        finally:
+            self._last_request = time.monotonic()
+        for i, result in zip(greedy, results, strict=True):
+            total_ms = result.prefill_ms + result.decode_ms
+            found[i] = _suggestion(built[i], requests[i].offset, result, total_ms)
+        for i, request in enumerate(requests):
+            if i not in found:
+                found[i] = self.complete(request, cancel)
+        log.debug("batch of %d in %.0f ms", len(requests), (time.perf_counter() - started) * 1000)
+        return [found[i] for i in range(len(requests))]
+
+    def _params(self, built: Prompt, request: CompletionRequest) -> DecodeParams:
+        offset = request.offset
+        return DecodeParams(
+            max_tokens=request.max_tokens or self.config.max_tokens,
+            stop_ids=self.stop_ids,
+            stop_check=built.rules,
+            viable=lambda text, reason: _shows_all(_shown(built, offset, text, reason)),
         )
+
+    def _decoder_for(self, name: str | None) -> Decoder:
+        if name is None or name == self.config.decoding:
+            return self.decoder
+        config = dataclasses.replace(self.config, decoding=name)
+        return self._make_decoder(config)
 
     def next_edit(
         self, request: NextEditRequest, cancel: CancelToken = NEVER_CANCELLED
@@ -463,6 +493,27 @@ class Engine:
             if evicted is not None:
                 evicted.kv = None
         return document.kv
+
+
+def _suggestion(built: Prompt, offset: int, result: DecodeResult, total_ms: float) -> Suggestion:
+    trimmed, _ = _shown(built, offset, result.text, result.stop_reason)
+    return Suggestion(
+        text=trimmed.text,
+        replace=trimmed.replace,
+        mode=built.mode,
+        stop_reason=result.stop_reason,
+        metrics=Metrics(
+            context_tokens=built.context_tokens,
+            prompt_tokens=result.prompt_tokens,
+            reused_tokens=result.reused_tokens,
+            generated_tokens=len(result.tokens),
+            prefill_ms=result.prefill_ms,
+            decode_ms=result.decode_ms,
+            total_ms=total_ms,
+            paused_steps=result.paused_steps,
+            evaluated_tokens=result.evaluated_tokens,
+        ),
+    )
 
 
 def _shows_all(shown: tuple[Trimmed, bool]) -> bool:

@@ -1,0 +1,140 @@
+"""models/batch_decoding.py and the torch backend's batch calls: many prompts side by side give
+exactly what one-at-a-time greedy decoding gives."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from nextab.models.batch_decoding import BatchItem, decode_batch
+from nextab.models.decoding import (
+    Cancelled,
+    CancelToken,
+    DecodeParams,
+    GreedyDecoder,
+    split_for_healing,
+)
+
+TEXTS = [
+    "class Point:\n    def __init__(self, x, y):\n        self.x = x\n        self.y = ",
+    "for i in range(10):\n    pri",
+    "def add(a, b):\n    return a + b\n\ndef sub(a, b):\n    return ",
+    "import os\nimport sys\n\nif __name__ == '__main__':\n    ma",
+    "y = x +",
+]
+
+
+@pytest.fixture(scope="module")
+def lively(tiny_backend):
+    """Untied, larger random weights, so that greedy output varies from row to row."""
+    from transformers import Qwen2ForCausalLM
+
+    from nextab.models.torch_backend import TorchBackend
+    from tests.tiny import tiny_qwen2_config
+
+    tokenizer = tiny_backend.tokenizer
+    torch.manual_seed(3)
+    config = tiny_qwen2_config(
+        len(tokenizer),
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=False,
+        initializer_range=0.3,
+    )
+    return TorchBackend(Qwen2ForCausalLM(config).eval(), tokenizer, "lively", "cpu")
+
+
+def _items(backend, stop_at_newline: bool = False) -> list[BatchItem]:
+    def stop(text: str) -> int | None:
+        return text.index("\n") if "\n" in text else None
+
+    items = []
+    for n, text in enumerate(TEXTS):
+        ids, healing = split_for_healing(backend, backend.tokenize(text))
+        params = DecodeParams(
+            max_tokens=4 + 3 * n,  # rows finish at different steps
+            stop_ids=frozenset(backend.info.eos_token_ids),
+            stop_check=stop if stop_at_newline else None,
+        )
+        items.append(BatchItem(tuple(ids), params, healing))
+    return items
+
+
+def _one_at_a_time(backend, items: list[BatchItem]) -> list[tuple[tuple[int, ...], str, str]]:
+    found = []
+    for item in items:
+        result = GreedyDecoder().decode(
+            backend, backend.new_cache(), item.prompt, item.params, CancelToken(), item.healing
+        )
+        found.append((result.tokens, result.text, result.stop_reason))
+    return found
+
+
+@pytest.mark.parametrize("stop_at_newline", [False, True])
+def test_batch_matches_one_at_a_time(lively, stop_at_newline: bool) -> None:
+    items = _items(lively, stop_at_newline)
+    assert len({len(item.prompt) for item in items}) == len(items)  # padding is exercised
+    assert sum(item.healing is not None for item in items) >= 2  # so is token healing
+    batched = decode_batch(lively, items)
+    expected = _one_at_a_time(lively, items)
+    assert [(r.tokens, r.text, r.stop_reason) for r in batched] == expected
+    assert len({r.tokens for r in batched}) > 1  # rows really differ
+    for result, item in zip(batched, items, strict=True):
+        assert result.prompt_tokens == len(item.prompt)
+        assert 0 < len(result.tokens) <= item.params.max_tokens
+    if stop_at_newline:
+        assert all("\n" not in r.text for r in batched)
+
+
+def test_finished_rows_leave_the_batch(lively) -> None:
+    """Rows with small token limits finish first; the others go on with the right logits."""
+    items = _items(lively)
+    kept: list[int] = []
+    original = lively.keep_rows
+
+    def spy(batch, rows):
+        kept.append(len(rows))
+        original(batch, rows)
+
+    lively.keep_rows = spy
+    try:
+        batched = decode_batch(lively, items)
+    finally:
+        del lively.keep_rows
+    assert kept and kept[-1] < len(items)
+    assert sorted(kept, reverse=True) == kept
+    assert [r.tokens for r in batched] == [t for t, _, _ in _one_at_a_time(lively, items)]
+
+
+def test_padded_prefill_in_chunks_matches_single_rows(lively) -> None:
+    rows = [lively.tokenize(text) for text in TEXTS]
+    batch = lively.new_batch()
+    logits = lively.forward_batch(batch, rows, chunk=5)
+    assert batch.rows == len(rows)
+    for row, got in zip(rows, logits, strict=True):
+        alone = lively.forward(lively.new_cache(), row)
+        np.testing.assert_allclose(got, alone, atol=1e-4)
+    # A second step: one token each, at each row's own next position.
+    step = lively.forward_batch(batch, [[row[0]] for row in rows])
+    for row, got in zip(rows, step, strict=True):
+        alone = lively.forward(lively.new_cache(), [*row, row[0]])
+        np.testing.assert_allclose(got, alone, atol=1e-4)
+
+
+def test_batch_arguments_are_checked(lively) -> None:
+    batch = lively.new_batch()
+    with pytest.raises(ValueError):
+        lively.forward_batch(batch, [[1, 2], []])
+    lively.forward_batch(batch, [[1, 2], [3]])
+    with pytest.raises(ValueError):
+        lively.forward_batch(batch, [[1]])  # the batch has two rows
+    with pytest.raises(ValueError):
+        decode_batch(lively, [BatchItem((), DecodeParams(4, frozenset()))])
+    assert decode_batch(lively, []) == []
+
+
+def test_cancel_stops_a_batch(lively) -> None:
+    cancel = CancelToken()
+    cancel.cancel()
+    with pytest.raises(Cancelled):
+        decode_batch(lively, _items(lively), cancel)
