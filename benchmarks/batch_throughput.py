@@ -1,7 +1,8 @@
 """Batch completion throughput: completions per second at several batch sizes, one run.
 
-The rows are HumanEval single-line infilling tasks (prefix + suffix, line mode), written as
-`nextab batch` input; each batch size runs the same rows through `nextab.batch.run_job` (the
+The rows are HumanEval infilling tasks (prefix + suffix): `--set single` (line mode; the
+prompt's pre-fill dominates on a CPU) or `--set multi` (multi-line mode; decoding dominates),
+written as `nextab batch` input; each batch size runs the same rows through `nextab.batch.run_job` (the
 code behind `nextab batch`) on one engine loaded once, after one untimed warm-up batch. Also
 reported: how many completions agree with the batch-1 run (padding changes float rounding,
 which may flip a near-tie), and exact match against the canonical line.
@@ -29,13 +30,14 @@ from nextab.config import load, to_settings
 from nextab.engine import Engine
 
 
-def write_input(path: Path, rows: int, every: int, directory: Path) -> dict[str, str]:
-    tasks = load_tasks("single", every, rows, directory)
+def write_input(path: Path, set_name: str, rows: int, every: int, directory: Path) -> dict[str, str]:
+    tasks = load_tasks(set_name, every, rows, directory)
+    mode = "line" if set_name == "single" else "multiline"
     with path.open("w", encoding="utf-8") as out:
-        for task in tasks:
-            row = {"id": task.task_id, "prefix": task.prompt, "suffix": task.suffix, "mode": "line"}
+        for i, task in enumerate(tasks):
+            row = {"id": f"{i}:{task.task_id}", "prefix": task.prompt, "suffix": task.suffix, "mode": mode}
             out.write(json.dumps(row) + "\n")
-    return {task.task_id: task.canonical for task in tasks}
+    return {f"{i}:{task.task_id}": task.canonical for i, task in enumerate(tasks)}
 
 
 def run_size(engine: Engine, source: Path, folder: Path, size: int) -> tuple[dict[str, Any], list[dict]]:
@@ -57,6 +59,7 @@ def run_size(engine: Engine, source: Path, folder: Path, size: int) -> tuple[dic
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--set", choices=["single", "multi"], default="single")
     parser.add_argument("--rows", type=int, default=32)
     parser.add_argument("--every", type=int, default=31, help="task stride over the set")
     parser.add_argument("--sizes", default="1,8,32")
@@ -75,7 +78,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
         source = folder / "rows.jsonl"
-        canonical = write_input(source, args.rows, args.every, data_dir(args.data_dir))
+        canonical = write_input(source, args.set, args.rows, args.every, data_dir(args.data_dir))
         warm = folder / "warm.jsonl"
         warm.write_text("".join(source.read_text().splitlines(keepends=True)[:2]))
         run_job(Job(warm, folder / "warm-out.jsonl", 2, False, folder), config,
@@ -101,6 +104,7 @@ def main() -> None:
         "model": info.name,
         "device": info.device,
         "dtype": info.dtype,
+        "set": args.set,
         "settings": {k: v for k, v in to_settings(config).items() if k in ("maxTokens", "decoding")},
         "results": results,
     }, indent=2))

@@ -94,18 +94,23 @@ class Backend(Protocol):
 
     def new_batch(self) -> BatchCache: ...
 
-    def forward_batch(self, batch: BatchCache, rows: Sequence[Sequence[int]]) -> np.ndarray:
-        """Run each row's tokens after what the batch holds for that row; return each row's
-        next-token logits, float32 of shape (len(rows), vocab_size), on the host.
+    def add_rows(self, batch: BatchCache, prompts: Sequence[Sequence[int]]) -> np.ndarray:
+        """Pre-fill each prompt and join it to the batch as a new last row; return their
+        next-token logits, float32 of shape (len(prompts), vocab_size), on the host.
 
-        The first call sets the batch's rows (prompts of any lengths: padding-aware); later
-        calls must give every row at least one token (decoding gives one each).
+        Each prompt is computed on its own, so no work is spent on padding; rows of different
+        lengths then sit side by side, left-padded (the padding is masked).
         """
+        ...
+
+    def forward_batch(self, batch: BatchCache, tokens: Sequence[int]) -> np.ndarray:
+        """One more token for every row, in one forward pass; each row's next-token logits,
+        float32 of shape (rows, vocab_size), on the host."""
         ...
 
     def keep_rows(self, batch: BatchCache, rows: Sequence[int]) -> None:
         """Keep only these rows (indices into the current rows, in order): finished sequences
-        leave the batch so that the others' steps do not pay for them."""
+        leave the batch, so that the others' steps do not pay for them and new rows can join."""
         ...
 
     def token_logprobs(

@@ -1,8 +1,7 @@
 """Greedy decoding of many independent prompts at once, for batch jobs.
 
-On any device a decoding step costs about the same for one sequence as for several (it reads
-all the weights either way), so a batch job that decodes its prompts side by side gets several
-completions for the price of one step. Every row follows exactly the rules of
+A decoding step reads all the weights whether it advances one sequence or several, so a batch
+job that decodes its prompts side by side gets several tokens for the price of about one step. Every row follows exactly the rules of
 `GreedyDecoder.generate`: token healing, end tokens, the caller's stop check, the token limit;
 a finished row leaves the batch. Prompts are not shared with any document's KV cache.
 """
@@ -10,6 +9,7 @@ a finished row leaves the batch. Prompts are not shared with any document's KV c
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -72,40 +72,62 @@ class _Row:
 
 
 def decode_batch(
-    backend: Backend, items: Sequence[BatchItem], cancel: CancelToken = NEVER_CANCELLED
+    backend: Backend,
+    items: Sequence[BatchItem],
+    cancel: CancelToken = NEVER_CANCELLED,
+    slots: int | None = None,
 ) -> list[DecodeResult]:
-    """Greedy completions of `items`, in their order; each row's `decode_ms` is the time until
-    that row finished, `prefill_ms` the batch's shared pre-fill."""
+    """Greedy completions of `items`, in their order, at most `slots` decoded at once
+    (continuous batching: a finished row leaves, the next waiting one joins).
+
+    Each row is pre-filled on its own, so padding costs no compute, and joins the running
+    batch. Rows join in groups (a quarter of the slots at a time), because joining copies the
+    batch's KV cache. A row's `prefill_ms` is its own pre-fill, its `decode_ms` the time from
+    then until it finished: what that row waited for.
+    """
     if not items:
         return []
     if any(not item.prompt for item in items):
         raise ValueError("empty prompt")
-    started = time.perf_counter()
+    size = len(items) if slots is None else max(1, slots)
     rows = [_Row(item) for item in items]
+    waiting = deque(range(len(items)))
     batch = backend.new_batch()
-    cancel.check()
-    logits = backend.forward_batch(batch, [item.prompt for item in items])
-    prefilled = time.perf_counter()
-    active = [i for i, row in enumerate(rows) if row.item.params.max_tokens > 0]
-    for i, row in enumerate(rows):
-        if i not in active:
-            row.done, row.finished_at = True, prefilled
-    while active:
-        fed: list[int] = []
-        for position, i in enumerate(active):
+    active: list[int] = []
+    logits: dict[int, np.ndarray] = {}
+    joined: dict[int, tuple[float, float]] = {}  # row -> (pre-fill started, pre-fill ended)
+    while waiting or active:
+        free = size - len(active)
+        if waiting and (not active or free >= max(1, size // 4)):
+            cancel.check()
+            group = [waiting.popleft() for _ in range(min(free, len(waiting)))]
+            started = time.perf_counter()
+            out = backend.add_rows(batch, [items[i].prompt for i in group])
+            ended = time.perf_counter()
+            for i, row_logits in zip(group, out, strict=True):
+                logits[i] = row_logits
+                joined[i] = (started, ended)
+            active.extend(group)
+        fed: dict[int, int] = {}
+        for i in active:
             row = rows[i]
-            token = row.next_token(backend, logits[position])
-            row.take(backend, token)
-            fed.append(token)
+            if row.item.params.max_tokens <= 0:
+                row.done = True
+            else:
+                token = row.next_token(backend, logits[i])
+                row.take(backend, token)
+                fed[i] = token
             if row.done:
                 row.finished_at = time.perf_counter()
         still = [position for position, i in enumerate(active) if not rows[i].done]
-        if not still:
-            break
-        cancel.check()
         backend.keep_rows(batch, still)
         active = [active[position] for position in still]
-        logits = backend.forward_batch(batch, [[fed[position]] for position in still])
+        if not active:
+            continue
+        cancel.check()
+        out = backend.forward_batch(batch, [fed[i] for i in active])
+        for i, row_logits in zip(active, out, strict=True):
+            logits[i] = row_logits
     return [
         DecodeResult(
             tokens=tuple(row.generated),
@@ -113,9 +135,9 @@ def decode_batch(
             stop_reason=row.reason,
             prompt_tokens=len(row.item.prompt),
             reused_tokens=0,
-            prefill_ms=(prefilled - started) * 1000,
-            decode_ms=(row.finished_at - prefilled) * 1000,
+            prefill_ms=(joined[i][1] - joined[i][0]) * 1000,
+            decode_ms=(row.finished_at - joined[i][1]) * 1000,
             evaluated_tokens=len(row.generated),
         )
-        for row in rows
+        for i, row in enumerate(rows)
     ]

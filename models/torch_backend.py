@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreTrainedTokenizerBase
 
 from nextab.models.backend import Interrupted, ModelInfo, TokenStats
@@ -222,49 +223,84 @@ class TorchBackend:
         )
 
     @torch.inference_mode()
-    def forward_batch(
-        self, batch: TorchBatch, rows: Sequence[Sequence[int]], chunk: int = 256
+    def add_rows(
+        self, batch: TorchBatch, prompts: Sequence[Sequence[int]], chunk: int = 256
     ) -> np.ndarray:
-        if not rows or any(not row for row in rows):
-            raise ValueError("forward_batch needs at least one token in every row")
-        if batch.mask.shape[1] and len(rows) != batch.rows:
-            raise ValueError(f"{len(rows)} rows for a batch of {batch.rows}")
-        width = max(len(row) for row in rows)
-        ids = torch.zeros((len(rows), width), dtype=torch.long)
-        new = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, row in enumerate(rows):
-            # Left padding puts every row's last token in the last column: one logits column.
-            ids[i, width - len(row) :] = torch.tensor(list(row), dtype=torch.long)
-            new[i, width - len(row) :] = 1
-        ids, new = ids.to(self.device), new.to(self.device)
+        if not prompts or any(not prompt for prompt in prompts):
+            raise ValueError("add_rows needs at least one token in every prompt")
+        caches, logits = [], []
+        for prompt in prompts:
+            cache = self.new_cache()
+            for start in range(0, len(prompt), chunk):
+                out = self.forward(cache, prompt[start : start + chunk])
+            caches.append(cache.kv)
+            logits.append(out)
+        self._join(batch, caches, [len(prompt) for prompt in prompts])
+        return np.stack(logits)
+
+    def _join(self, batch: TorchBatch, caches: list[DynamicCache], lengths: list[int]) -> None:
+        """Append single-row caches to the batch, everything left-padded to one width."""
+        before = batch.mask.shape[1] if batch.rows else 0
+        width = max(before, *lengths)
+        masks = [F.pad(batch.mask, (width - before, 0))] if batch.rows else []
+        for length in lengths:
+            row = torch.zeros((1, width), dtype=torch.long, device=self.device)
+            row[0, width - length :] = 1
+            masks.append(row)
+        joined = DynamicCache(config=self.model.config)
+        for index, layer in enumerate(joined.layers):
+            parts: list[tuple[torch.Tensor, torch.Tensor]] = []
+            if batch.rows:
+                old = batch.kv.layers[index]
+                parts.append((old.keys, old.values))
+            parts.extend((c.layers[index].keys, c.layers[index].values) for c in caches)
+            # (rows, heads, slots, dim): padding goes before the slots, as zeros never attended.
+            keys = torch.cat([F.pad(k, (0, 0, width - k.shape[-2], 0)) for k, _ in parts])
+            values = torch.cat([F.pad(v, (0, 0, width - v.shape[-2], 0)) for _, v in parts])
+            layer.lazy_initialization(keys, values)
+            layer.keys, layer.values = keys, values
+        batch.kv = joined
+        batch.mask = torch.cat(masks)
+
+    @torch.inference_mode()
+    def forward_batch(self, batch: TorchBatch, tokens: Sequence[int]) -> np.ndarray:
+        if len(tokens) != batch.rows or not tokens:
+            raise ValueError(f"{len(tokens)} tokens for a batch of {batch.rows} rows")
+        ids = torch.tensor([[int(t)] for t in tokens], dtype=torch.long, device=self.device)
         before = batch.mask.shape[1]
-        mask = torch.cat([batch.mask.reshape(len(rows), before), new], dim=1)
-        # A row's positions count its real tokens only, as if it had never been padded.
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        logits = None
-        # Chunks bound the attention's memory on long prompts (rows x chunk x slots).
-        for begin in range(0, width, chunk):
-            end = min(begin + chunk, width)
-            out = self.model(
-                input_ids=ids[:, begin:end],
-                attention_mask=mask[:, : before + end],
-                past_key_values=batch.kv,
-                use_cache=True,
-                cache_position=torch.arange(before + begin, before + end, device=self.device),
-                position_ids=positions[:, before + begin : before + end],
-                logits_to_keep=1,
-            )
-            logits = out.logits[:, -1]
+        ones = torch.ones((batch.rows, 1), dtype=torch.long, device=self.device)
+        mask = torch.cat([batch.mask, ones], dim=1)
+        # A row's position counts its own tokens only, as if it had never been padded.
+        positions = mask.sum(-1, keepdim=True) - 1
+        out = self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            past_key_values=batch.kv,
+            use_cache=True,
+            cache_position=torch.arange(before, before + 1, device=self.device),
+            position_ids=positions,
+            logits_to_keep=1,
+        )
         batch.mask = mask
-        assert logits is not None
-        return logits.float().cpu().numpy()
+        return out.logits[:, -1].float().cpu().numpy()
 
     def keep_rows(self, batch: TorchBatch, rows: Sequence[int]) -> None:
         if list(rows) == list(range(batch.rows)):
             return
+        if not rows:
+            fresh = self.new_batch()
+            batch.kv, batch.mask = fresh.kv, fresh.mask
+            return
         index = torch.tensor(list(rows), dtype=torch.long, device=self.device)
         batch.kv.batch_select_indices(index)
         batch.mask = batch.mask[index]
+        # Slots that only the rows that left had used are padding for everyone now.
+        lead = int(batch.mask.any(0).nonzero()[0])
+        if lead:
+            for layer in batch.kv.layers:
+                layer.keys = layer.keys[:, :, lead:]
+                layer.values = layer.values[:, :, lead:]
+            batch.mask = batch.mask[:, lead:]
 
     @torch.inference_mode()
     def token_logprobs(

@@ -139,31 +139,37 @@ def _split_file(path: Path, line: Any, character: Any) -> tuple[str, str]:
     return text[:offset], text[offset:]
 
 
-def plan_batches(rows: Sequence[Row], size: int, prefix_chars: int, suffix_chars: int) -> list[list[Row]]:
-    """Rows grouped by the length of the prompt they will get (the engine keeps at most
-    `prefix_chars` before the cursor and `suffix_chars` after it), so that padding costs little.
-    Deterministic: a local and a Ray run decode the same batches, hence the same tokens."""
+def plan_batches(
+    rows: Sequence[Row], slots: int, prefix_chars: int, suffix_chars: int, per_slot: int = 4
+) -> list[list[Row]]:
+    """Work units of `slots * per_slot` rows, grouped by the length of the prompt they will
+    get (the engine keeps at most `prefix_chars` before the cursor and `suffix_chars` after
+    it): rows decoded side by side then attend over similar lengths. A unit is decoded with
+    `slots` rows at a time (a finished row's slot goes to the next), written when done, and
+    is what one Ray task gets. Deterministic: a local and a Ray run decode the same units,
+    hence the same tokens."""
     def length(row: Row) -> tuple[int, int]:
         return min(len(row.prefix), prefix_chars) + min(len(row.suffix), suffix_chars), row.index
 
     ordered = sorted(rows, key=length)
-    return [ordered[i : i + size] for i in range(0, len(ordered), size)]
+    unit = max(1, slots * per_slot)
+    return [ordered[i : i + unit] for i in range(0, len(ordered), unit)]
 
 
-def complete_rows(engine: Engine, rows: Sequence[Row]) -> list[dict[str, Any]]:
-    """Output rows for one batch, in the batch's order. A row the engine refuses gets an
-    error; the others are completed again without it."""
+def complete_rows(engine: Engine, rows: Sequence[Row], slots: int) -> list[dict[str, Any]]:
+    """Output rows for one work unit, in its order, `slots` rows decoded at a time. A row the
+    engine refuses gets an error; the others are completed again without it."""
     if not rows:
         return []
     try:
-        suggestions = engine.complete_batch([_request(row) for row in rows])
+        suggestions = engine.complete_batch([_request(row) for row in rows], slots=slots)
     except Exception as error:
         if len(rows) == 1:
             log.warning("row %r failed: %s", rows[0].id, error)
             return [_output(rows[0].id, None, 0, 0.0, engine.backend.info.name, f"{type(error).__name__}: {error}")]
         # Find the culprit by halves: the good rows still get their completions.
         middle = len(rows) // 2
-        return complete_rows(engine, rows[:middle]) + complete_rows(engine, rows[middle:])
+        return complete_rows(engine, rows[:middle], slots) + complete_rows(engine, rows[middle:], slots)
     model = engine.backend.info.name
     return [
         _output(row.id, s.text, s.replace, s.metrics.total_ms / 1000, model, None)
@@ -242,7 +248,9 @@ def finished_rows(job: Job) -> dict[str | int, dict[str, Any]]:
     return done
 
 
-Runner = Callable[[list[list[Row]], Callable[[list[dict[str, Any]]], None]], None]
+# Completes planned work units (at most `slots` rows at a time), handing each unit's output
+# rows to the callback as soon as the unit is done.
+Runner = Callable[[list[list[Row]], int, Callable[[list[dict[str, Any]]], None]], None]
 
 
 def run_job(job: Job, config: Config, runner: Runner, progress: bool = True) -> dict[str, Any]:
@@ -275,7 +283,7 @@ def run_job(job: Job, config: Config, runner: Runner, progress: bool = True) -> 
         batches = plan_batches(
             todo, job.batch_size, config.completion.prefix_chars, config.completion.suffix_chars
         )
-        runner(batches, finished)
+        runner(batches, job.batch_size, finished)
     bar.close()
     elapsed = time.perf_counter() - started
     ordered = []
@@ -304,9 +312,9 @@ def run_job(job: Job, config: Config, runner: Runner, progress: bool = True) -> 
 
 
 def local_runner(engine: Engine) -> Runner:
-    def run(batches: list[list[Row]], finished: Callable[[list[dict[str, Any]]], None]) -> None:
-        for batch in batches:
-            finished(complete_rows(engine, batch))
+    def run(units: list[list[Row]], slots: int, finished: Callable[[list[dict[str, Any]]], None]) -> None:
+        for unit in units:
+            finished(complete_rows(engine, unit, slots))
 
     return run
 
@@ -316,7 +324,7 @@ def ray_runner(address: str | None, settings: dict[str, Any], workers: int, cpus
     None starts a local Ray instance; otherwise it names a running cluster ("auto", or
     "ray://host:10001")."""
 
-    def run(batches: list[list[Row]], finished: Callable[[list[dict[str, Any]]], None]) -> None:
+    def run(batches: list[list[Row]], slots: int, finished: Callable[[list[dict[str, Any]]], None]) -> None:
         try:
             import ray
         except ImportError:
@@ -327,7 +335,9 @@ def ray_runner(address: str | None, settings: dict[str, Any], workers: int, cpus
             return
         if not ray.is_initialized():
             ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
-        items = [{"batch": json.dumps([asdict(row) for row in batch])} for batch in batches]
+        items = [
+            {"batch": json.dumps([asdict(row) for row in batch]), "slots": slots} for batch in batches
+        ]
         dataset = ray.data.from_items(items, override_num_blocks=len(items))
         outputs = dataset.map_batches(
             RayCompleter,
@@ -357,9 +367,9 @@ class RayCompleter:
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[str]]:
         out = []
-        for payload in batch["batch"]:
+        for payload, slots in zip(batch["batch"], batch["slots"], strict=True):
             rows = [Row(**row) for row in json.loads(str(payload))]
-            out.append(json.dumps(complete_rows(self.engine, rows), ensure_ascii=False))
+            out.append(json.dumps(complete_rows(self.engine, rows, int(slots)), ensure_ascii=False))
         return {"rows": out}
 
 

@@ -330,13 +330,16 @@ class Engine:
         return _suggestion(built, offset, result, (time.perf_counter() - started) * 1000)
 
     def complete_batch(
-        self, requests: Sequence[CompletionRequest], cancel: CancelToken = NEVER_CANCELLED
+        self,
+        requests: Sequence[CompletionRequest],
+        cancel: CancelToken = NEVER_CANCELLED,
+        slots: int | None = None,
     ) -> list[Suggestion]:
         """Completions of independent requests (batch jobs), in their order.
 
-        Greedy rows are decoded side by side in one padded batch: the same tokens as one at a
-        time, for about the price of the longest row's steps. Rows with another strategy run one
-        at a time. No document's KV cache is read or kept.
+        Greedy rows are decoded side by side, at most `slots` at once (continuous batching):
+        the same tokens as one at a time, several rows per decoding step. Rows with another
+        strategy run one at a time. No document's KV cache is read or kept.
         """
         started = time.perf_counter()
         built = [self.prompt_for(request) for request in requests]
@@ -351,7 +354,7 @@ class Engine:
             with self._lock:
                 self._waiting -= 1
                 cancel.check()
-                results = decode_batch(self.backend, items, cancel)
+                results = decode_batch(self.backend, items, cancel, slots)
         finally:
             self._last_request = time.monotonic()
         for i, result in zip(greedy, results, strict=True):

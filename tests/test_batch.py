@@ -82,9 +82,11 @@ def test_rows_are_read_and_bad_ones_reported(tmp_path: Path) -> None:
 def test_batches_group_similar_lengths_deterministically() -> None:
     rows = [Row(i, i, "x" * length, "", None, None, None, "auto") for i, length in
             enumerate([50, 3, 900, 10, 3, 400, 20])]
-    batches = plan_batches(rows, 3, prefix_chars=500, suffix_chars=100)
-    assert [[r.index for r in b] for b in batches] == [[1, 4, 3], [6, 0, 5], [2]]
-    assert plan_batches(list(reversed(rows)), 3, 500, 100) == batches
+    units = plan_batches(rows, 3, prefix_chars=500, suffix_chars=100, per_slot=1)
+    assert [[r.index for r in b] for b in units] == [[1, 4, 3], [6, 0, 5], [2]]
+    assert plan_batches(list(reversed(rows)), 3, 500, 100, per_slot=1) == units
+    # By default a unit holds four rows per slot: slots free up and are refilled inside it.
+    assert [[r.index for r in b] for b in plan_batches(rows, 1, 500, 100)] == [[1, 4, 3, 6], [0, 5, 2]]
 
 
 @pytest.fixture(scope="module")
@@ -149,10 +151,10 @@ def test_a_row_the_engine_refuses_does_not_sink_its_batch(tmp_path: Path, engine
     source = _write(tmp_path / "in.jsonl", rows)
     real = engine.complete_batch
 
-    def picky(requests, cancel=None):
+    def picky(requests, cancel=None, slots=None):
         if any(r.text.startswith("def total") for r in requests):
             raise RuntimeError("out of memory")
-        return real(requests)
+        return real(requests, slots=slots)
 
     engine.complete_batch = picky  # type: ignore[method-assign]
     job = Job(source, tmp_path / "out.jsonl", 4, resume=False, root=tmp_path)

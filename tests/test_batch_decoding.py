@@ -86,48 +86,64 @@ def test_batch_matches_one_at_a_time(lively, stop_at_newline: bool) -> None:
         assert all("\n" not in r.text for r in batched)
 
 
-def test_finished_rows_leave_the_batch(lively) -> None:
-    """Rows with small token limits finish first; the others go on with the right logits."""
-    items = _items(lively)
-    kept: list[int] = []
-    original = lively.keep_rows
+@pytest.mark.parametrize("slots", [1, 2, 3])
+def test_rows_join_as_others_finish(lively, slots: int) -> None:
+    """Continuous batching: with fewer slots than rows, waiting rows join as others finish;
+    every row still gets exactly its one-at-a-time tokens, and the batch never exceeds its
+    slots."""
+    items = _items(lively) * 2  # 10 rows
+    widths: list[int] = []
+    original = lively.forward_batch
 
-    def spy(batch, rows):
-        kept.append(len(rows))
-        original(batch, rows)
+    def spy(batch, tokens):
+        widths.append(len(tokens))
+        return original(batch, tokens)
 
-    lively.keep_rows = spy
+    lively.forward_batch = spy
     try:
-        batched = decode_batch(lively, items)
+        batched = decode_batch(lively, items, slots=slots)
     finally:
-        del lively.keep_rows
-    assert kept and kept[-1] < len(items)
-    assert sorted(kept, reverse=True) == kept
+        del lively.forward_batch
+    assert max(widths) == slots
     assert [r.tokens for r in batched] == [t for t, _, _ in _one_at_a_time(lively, items)]
+    assert all(r.prefill_ms > 0 and r.decode_ms >= 0 for r in batched)
 
 
-def test_padded_prefill_in_chunks_matches_single_rows(lively) -> None:
+def test_rows_of_different_lengths_side_by_side_match_single_rows(lively) -> None:
     rows = [lively.tokenize(text) for text in TEXTS]
     batch = lively.new_batch()
-    logits = lively.forward_batch(batch, rows, chunk=5)
+    first = lively.add_rows(batch, rows[:2], chunk=5)  # pre-filled in chunks
+    more = lively.add_rows(batch, rows[2:])  # joining a batch that is already there
     assert batch.rows == len(rows)
-    for row, got in zip(rows, logits, strict=True):
-        alone = lively.forward(lively.new_cache(), row)
-        np.testing.assert_allclose(got, alone, atol=1e-4)
-    # A second step: one token each, at each row's own next position.
-    step = lively.forward_batch(batch, [[row[0]] for row in rows])
+    for row, got in zip(rows, [*first, *more], strict=True):
+        np.testing.assert_allclose(got, lively.forward(lively.new_cache(), row), atol=1e-4)
+    # Two steps, one token each, every row at its own next position.
+    lively.forward_batch(batch, [row[0] for row in rows])
+    step = lively.forward_batch(batch, [row[1] for row in rows])
     for row, got in zip(rows, step, strict=True):
-        alone = lively.forward(lively.new_cache(), [*row, row[0]])
+        alone = lively.forward(lively.new_cache(), [*row, row[0], row[1]])
+        np.testing.assert_allclose(got, alone, atol=1e-4)
+    # The longest row leaves: the padding only it needed goes, the others go on unchanged.
+    longest = max(range(len(rows)), key=lambda i: len(rows[i]))
+    keep = [i for i in range(len(rows)) if i != longest]
+    width = batch.mask.shape[1]
+    lively.keep_rows(batch, keep)
+    assert batch.mask.shape[1] < width and bool(batch.mask[:, 0].any())
+    step = lively.forward_batch(batch, [rows[i][2] for i in keep])
+    for i, got in zip(keep, step, strict=True):
+        alone = lively.forward(lively.new_cache(), [*rows[i], rows[i][0], rows[i][1], rows[i][2]])
         np.testing.assert_allclose(got, alone, atol=1e-4)
 
 
 def test_batch_arguments_are_checked(lively) -> None:
     batch = lively.new_batch()
     with pytest.raises(ValueError):
-        lively.forward_batch(batch, [[1, 2], []])
-    lively.forward_batch(batch, [[1, 2], [3]])
+        lively.add_rows(batch, [[1, 2], []])
+    lively.add_rows(batch, [[1, 2], [3]])
     with pytest.raises(ValueError):
-        lively.forward_batch(batch, [[1]])  # the batch has two rows
+        lively.forward_batch(batch, [1])  # the batch has two rows
+    lively.keep_rows(batch, [])
+    assert batch.rows == 0
     with pytest.raises(ValueError):
         decode_batch(lively, [BatchItem((), DecodeParams(4, frozenset()))])
     assert decode_batch(lively, []) == []

@@ -109,3 +109,49 @@ def test_adadec_and_beam_complete_on_the_real_model(engine: Engine) -> None:
         assert suggestion.text.strip() == "a + b", name
         assert dataclasses.asdict(suggestion.metrics)["generated_tokens"] >= 1
     assert greedy.text.strip() == "a + b"
+
+
+def test_batch_of_real_rows_matches_one_at_a_time(engine: Engine, tmp_path: Path) -> None:
+    """`nextab batch`'s padded side-by-side decoding gives the real model's one-at-a-time
+    completions (prompts of different lengths, so the padding is exercised)."""
+    from nextab.batch import Job, local_runner, run_job
+
+    prefixes = [
+        "def add(a, b):\n    return ",
+        "import os\n\n\ndef read_text(path):\n    with open(path) as f:\n        return ",
+        "class Stack:\n    def __init__(self):\n        self.items = []\n\n    def push(self, x):\n        self.",
+    ]
+    rows = [{"id": i, "prefix": p, "suffix": "\n", "path": "t.py"} for i, p in enumerate(prefixes)]
+    source = tmp_path / "in.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    job = Job(source, tmp_path / "out.jsonl", 3, resume=False, root=tmp_path)
+    run_job(job, engine.config, local_runner(engine), progress=False)
+    batched = [json.loads(line)["completion"] for line in job.output.read_text().splitlines()]
+    alone = [_complete(engine, p + "\n", len(p)).text for p in prefixes]
+    assert batched == alone
+    assert batched[0].strip() == "a + b"
+
+
+def test_bench_accept_types_a_predictable_file_through_the_server(tmp_path: Path) -> None:
+    """`nextab bench accept` with the real server and model: typing the next lines of a
+    counting table, the person accepts suggestions and types fewer characters."""
+    import argparse
+
+    from nextab import bench_accept
+
+    names = ["ONE", "TWO", "THREE", "FOUR", "FIVE", "SIX", "SEVEN", "EIGHT", "NINE", "TEN"]
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "numbers.py").write_text("".join(f"{n} = {i + 1}\n" for i, n in enumerate(names)))
+    parser = argparse.ArgumentParser()
+    bench_accept.add_arguments(parser)
+    out = tmp_path / "out.json"
+    args = parser.parse_args([
+        str(project), "--files", "1", "--segments-per-file", "1", "--segment-lines", "2",
+        "--seed", "3", "--device", "cpu", "--warm", "--out", str(out), "--report", str(tmp_path / "r.md"),
+    ])  # fmt: skip
+    assert bench_accept.run(args) == 0
+    overall = json.loads(out.read_text())["configs"]["default"]["overall"]
+    assert overall["triggers"] >= 2 and overall["shown"] >= 1
+    assert overall["chars_accepted"] > 0 and overall["acceptance_rate"] > 0
+    assert overall["cpr"] == 1.0
