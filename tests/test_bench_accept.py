@@ -414,8 +414,13 @@ def _two_files(root: Path) -> Path:
 
 def test_configs_merge_over_the_base_options() -> None:
     configs = ba.parse_configs(['greedy={}', 'beam={"decoding": "beam", "nextEdit": {"enabled": false}}'])
-    assert configs["greedy"] == {"acceptanceLog": False, "nextEdit": {"push": False}}
+    assert configs["greedy"] == {
+        "acceptanceLog": False, "nextEdit": {"push": False}, "context": {"persist": False}
+    }
     assert configs["beam"]["nextEdit"] == {"push": False, "enabled": False}
+    assert ba.parse_configs(['c={"context": {"strategy": "none"}}'])["c"]["context"] == {
+        "persist": False, "strategy": "none"
+    }
     assert ba.parse_configs(None) == {"default": ba.BASE_OPTIONS}
     for bad in (["x"], ["x=[1]"], ["x={"], ["a b={}"], ["a={}", "a={}"]):
         with pytest.raises(ba.BenchError):
