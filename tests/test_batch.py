@@ -93,17 +93,11 @@ def test_batches_group_similar_lengths_deterministically() -> None:
 def lively_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny model with untied, larger random weights: its completions differ from row to row
     (the shared tiny model mostly repeats the prompt, which the stop rules then drop)."""
-    import torch
-    from transformers import Qwen2ForCausalLM
-
-    from tests.tiny import build_tokenizer, tiny_qwen2_config
+    from tests.tiny import build_tokenizer, lively_model
 
     path = tmp_path_factory.mktemp("lively")
     tokenizer = build_tokenizer()
-    torch.manual_seed(3)
-    config = tiny_qwen2_config(len(tokenizer), eos_token_id=tokenizer.eos_token_id,
-                               tie_word_embeddings=False, initializer_range=0.3)
-    Qwen2ForCausalLM(config).save_pretrained(path)
+    lively_model(len(tokenizer), tokenizer.eos_token_id, seed=3).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from nextab.models.batch_decoding import BatchItem, decode_batch
 from nextab.models.decoding import (
@@ -27,21 +26,13 @@ TEXTS = [
 
 @pytest.fixture(scope="module")
 def lively(tiny_backend):
-    """Untied, larger random weights, so that greedy output varies from row to row."""
-    from transformers import Qwen2ForCausalLM
-
+    """A tiny model whose greedy output varies from row to row (tests/tiny.py)."""
     from nextab.models.torch_backend import TorchBackend
-    from tests.tiny import tiny_qwen2_config
+    from tests.tiny import lively_model
 
     tokenizer = tiny_backend.tokenizer
-    torch.manual_seed(3)
-    config = tiny_qwen2_config(
-        len(tokenizer),
-        eos_token_id=tokenizer.eos_token_id,
-        tie_word_embeddings=False,
-        initializer_range=0.3,
-    )
-    return TorchBackend(Qwen2ForCausalLM(config).eval(), tokenizer, "lively", "cpu")
+    model = lively_model(len(tokenizer), tokenizer.eos_token_id, seed=3)
+    return TorchBackend(model, tokenizer, "lively", "cpu")
 
 
 def _items(backend, stop_at_newline: bool = False) -> list[BatchItem]:

@@ -29,25 +29,12 @@ OTHER = "for i in range(10):\n    print(i)\n"
 
 @pytest.fixture(scope="module")
 def lively(tiny_backend):
-    """A tiny model with untied, larger random weights, so that greedy output varies.
-
-    The shared tiny model ties its embeddings with small weights, which makes it repeat the
-    last prompt token; fine for cache tests, too uniform to test decoding on alone.
-    """
-    from transformers import Qwen2ForCausalLM
-
+    """A tiny model whose greedy output varies (tests/tiny.py's lively_model)."""
     from nextab.models.torch_backend import TorchBackend
-    from tests.tiny import tiny_qwen2_config
+    from tests.tiny import lively_model
 
     tokenizer = tiny_backend.tokenizer
-    torch.manual_seed(1)
-    config = tiny_qwen2_config(
-        len(tokenizer),
-        eos_token_id=tokenizer.eos_token_id,
-        tie_word_embeddings=False,
-        initializer_range=0.3,
-    )
-    model = Qwen2ForCausalLM(config).eval()
+    model = lively_model(len(tokenizer), tokenizer.eos_token_id, seed=1)
     return TorchBackend(model, tokenizer, "lively", "cpu")
 
 

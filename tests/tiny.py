@@ -69,3 +69,17 @@ def build_model_dir(path: Path, specials: list[str] = QWEN_SPECIALS, seed: int =
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+def lively_model(vocab_size: int, eos_token_id: int, seed: int):
+    """Untied, larger random weights, so that greedy output varies from prompt to prompt.
+
+    The shared tiny model ties its embeddings with small weights, which makes it repeat the
+    last prompt token: fine for cache tests, too uniform to test decoding on alone."""
+    import torch
+
+    torch.manual_seed(seed)
+    config = tiny_qwen2_config(
+        vocab_size, eos_token_id=eos_token_id, tie_word_embeddings=False, initializer_range=0.3
+    )
+    return Qwen2ForCausalLM(config).eval()
