@@ -128,6 +128,7 @@ class Engine:
         self.stop_ids = stop_token_ids(self.template, backend)
         self.rewrite_stop_ids = _rewrite_stop_ids(backend, self.stop_ids)
         self.decoder: Decoder = self._make_decoder(config)
+        self._other_decoders: dict[str, Decoder] = {}  # per-request strategies (batch rows)
         # One model, one thread at a time: the KV caches and the model are not thread-safe.
         self._lock = threading.Lock()
         self._cached: OrderedDict[int, weakref.ref[Document]] = OrderedDict()
@@ -182,6 +183,7 @@ class Engine:
             self.stop_ids = stop_token_ids(self.template, self.backend)
             self.rewrite_stop_ids = _rewrite_stop_ids(self.backend, self.stop_ids)
             self.decoder = self._make_decoder(config)
+            self._other_decoders = {}
             self.config = config
         if self.workspace is not None:
             self.workspace.settings = self._workspace_settings(config.context)
@@ -378,8 +380,11 @@ class Engine:
     def _decoder_for(self, name: str | None) -> Decoder:
         if name is None or name == self.config.decoding:
             return self.decoder
-        config = dataclasses.replace(self.config, decoding=name)
-        return self._make_decoder(config)
+        # Made once per strategy (and settings): a batch may name one on every row.
+        if name not in self._other_decoders:
+            config = dataclasses.replace(self.config, decoding=name)
+            self._other_decoders[name] = self._make_decoder(config)  # type: ignore[arg-type]
+        return self._other_decoders[name]
 
     def next_edit(
         self, request: NextEditRequest, cancel: CancelToken = NEVER_CANCELLED
