@@ -109,7 +109,12 @@ def open_and_attach(nvim: Any, name: str) -> None:
 
 
 def wait_ready(nvim: Any) -> None:
-    status = "return require('nextab').status_sync(require('nextab').any_client(), 1000).state"
+    # A status request can time out while the server loads the model on a busy machine (the
+    # plugin's own callers take nil for "no answer"): asked again until the deadline.
+    status = (
+        "local s = require('nextab').status_sync(require('nextab').any_client(), 1000); "
+        "return s and s.state"
+    )
     wait_for(lambda: lua(nvim, status) == "ready", timeout=300, what="the model to load")
 
 
