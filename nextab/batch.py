@@ -8,11 +8,11 @@ counts Unicode characters; the file is read from disk); optional `maxTokens`, `d
 replaces: brackets an editor would have closed), `latency_s`, `model` and `error` (null, or what
 was wrong with the row; the other rows go on).
 
-Rows run through `Engine.complete_batch`, the engine the editors use: sorted by length so that
-a padded batch wastes little, then written in input order. Finished rows are appended to
-`OUT.partial` as they come, so a killed job resumed with `--resume` redoes none of them; the
-output file itself is written whole, in input order, at the end. With `--ray` the same batches
-go to Ray workers, one model copy each.
+Rows run through `Engine.complete_batch`, the engine the editors use, `--batch-size` at a time
+with continuous batching, in work units of rows of similar length (`plan_batches`). Each
+finished unit is appended to `OUT.partial`, so a killed job resumed with `--resume` redoes none
+of its rows; the output file itself is written whole, in input order, at the end. With `--ray`
+the same units go to Ray workers, one model copy each.
 """
 
 from __future__ import annotations
