@@ -324,13 +324,12 @@ def ray_runner(address: str | None, settings: dict[str, Any], workers: int, cpus
     None starts a local Ray instance; otherwise it names a running cluster ("auto", or
     "ray://host:10001")."""
 
+    try:
+        import ray
+    except ImportError:
+        raise SystemExit("nextab: --ray needs Ray: pip install 'nextab[ray]' (or 'ray[data]')") from None
+
     def run(batches: list[list[Row]], slots: int, finished: Callable[[list[dict[str, Any]]], None]) -> None:
-        try:
-            import ray
-        except ImportError:
-            raise SystemExit(
-                "nextab: --ray needs Ray: pip install 'nextab[ray]' (or 'ray[data]')"
-            ) from None
         if not batches:
             return
         if not ray.is_initialized():
