@@ -184,13 +184,15 @@ def _totals(outcomes: Iterable[Outcome]) -> dict[str, Any]:
         "chars_accepted_per_shown": round(sum(o.accepted_chars for o in items) / chars_shown, 4)
         if chars_shown
         else None,
-        "latency_ms": {"p50": _percentile(latencies, 50), "p95": _percentile(latencies, 95)},
+        "latency_ms": {"p50": percentile(latencies, 50), "p95": percentile(latencies, 95)},
     }
 
 
-def _percentile(values: Sequence[float], q: float) -> float | None:
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """The q-th percentile (0-100), linearly interpolated, rounded to 0.1; None for no values."""
     if not values:
         return None
+    values = sorted(values)
     rank = (len(values) - 1) * q / 100
     low = int(rank)
     high = min(low + 1, len(values) - 1)

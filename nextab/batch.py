@@ -28,6 +28,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from nextab.context.document import Document, Position, PositionError
+
 if TYPE_CHECKING:
     from nextab.config import Config
     from nextab.engine import Engine
@@ -127,15 +129,10 @@ def _split_file(path: Path, line: Any, character: Any) -> tuple[str, str]:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise RowError(f"{path} is not UTF-8 text") from None
-    lines = text.splitlines(keepends=True) or [""]
-    if text.endswith("\n"):
-        lines.append("")  # the empty line after a final newline is a position too
-    if line >= len(lines):
-        raise RowError(f"line {line} is past the end of {path} ({len(lines)} lines)")
-    content = lines[line].rstrip("\r\n")
-    if character > len(content):
-        raise RowError(f"character {character} is past the end of line {line} ({len(content)})")
-    offset = sum(len(x) for x in lines[:line]) + character
+    try:
+        offset = Document(path.absolute().as_uri(), text, encoding="utf-32").offset_at(Position(line, character))
+    except PositionError as error:
+        raise RowError(f"{path}: {error}") from None
     return text[:offset], text[offset:]
 
 
@@ -178,7 +175,6 @@ def complete_rows(engine: Engine, rows: Sequence[Row], slots: int) -> list[dict[
 
 
 def _request(row: Row) -> Any:
-    from nextab.context.document import Document
     from nextab.engine import CompletionRequest
 
     text = row.prefix + row.suffix

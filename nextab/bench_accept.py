@@ -43,7 +43,6 @@ import functools
 import hashlib
 import json
 import logging
-import math
 import os
 import random
 import re
@@ -57,8 +56,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from nextab.acceptance import percentile
 from nextab.context.document import Document, Position, Range, split_lines
 from nextab.context.languages import SPECS, spec_named
+from nextab.models.backend import common_prefix_length
 
 log = logging.getLogger(__name__)
 
@@ -314,14 +315,6 @@ class Decision:
     keep: int = 0  # of which the first `keep` characters stay; the rest is deleted again
 
 
-def common_prefix(a: str, b: str) -> int:
-    n = min(len(a), len(b))
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n
-
-
 def word_prefix(suggestion: str, rest: str) -> str:
     """The longest run of whole accept-next-word steps (WORD_STEP) of `suggestion` that is
     still a prefix of `rest`: what a person taking it word by word keeps."""
@@ -346,7 +339,7 @@ def decide(suggestion: str, rest: str, mode: AcceptMode = "exact") -> Decision:
         first = suggestion[: suggestion.index("\n") + 1]
         if rest.startswith(first):
             # Read the first line, pressed Tab, then deleted what goes wrong after it.
-            return Decision("first_line", suggestion, common_prefix(suggestion, rest))
+            return Decision("first_line", suggestion, common_prefix_length(suggestion, rest))
     taken = word_prefix(suggestion, rest)
     if taken:
         return Decision("partial", taken, len(taken))
@@ -713,15 +706,6 @@ def _get(obj: Any, *keys: str) -> Any:
 # Metrics
 
 
-def _percentile(values: Sequence[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    k = (len(ordered) - 1) * q
-    lo, hi = math.floor(k), math.ceil(k)
-    return round(ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo), 1)
-
-
 def _ratio(a: float, b: float) -> float | None:
     return round(a / b, 4) if b else None
 
@@ -751,8 +735,8 @@ def metrics(results: Sequence[SegmentResult], typing_speed: float) -> dict[str, 
         "chars_saved_per_100": round(100 * chars_accepted / chars_total, 2) if chars_total else None,
         "exact_line_match": _ratio(sum(o.line_match for o in shown), len(shown)),
         "latency_ms": {
-            "p50": _percentile(latencies, 0.5),
-            "p95": _percentile(latencies, 0.95),
+            "p50": percentile(latencies, 50),
+            "p95": percentile(latencies, 95),
             "mean": round(sum(latencies) / len(latencies), 1) if latencies else None,
         },
         "too_late": _ratio(sum(lat > keystroke_ms for lat in latencies), len(latencies)),
