@@ -425,6 +425,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-tokens", type=int, default=None, help="per request (default: config's)")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnx", "split"])
     p.add_argument(
         "--settings",
         default=None,
@@ -461,7 +462,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def build_config(args: argparse.Namespace) -> Any:
     from nextab.config import Config, load
 
-    config = Config(model=args.model, device=args.device, dtype=args.dtype)
+    config = Config(model=args.model, device=args.device, dtype=args.dtype, backend=args.backend)
     if args.settings:
         config, errors = load(json.loads(args.settings), base=config)
         if errors:

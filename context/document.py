@@ -67,7 +67,8 @@ class Document:
     for the last prompt built from this document (owned by the engine, touched only on the
     model thread), and `inflight` holds, per kind of request ("completion", "nextEdit"), the
     handle that cancels the one now being computed for it: a completion does not cancel a
-    next-edit request, a change of the text cancels both.
+    next-edit request, a change of the text cancels both. `given` is the engine's record of
+    the last suggestion it gave for the document, which typing can extend (nextab/typeahead.py).
     """
 
     def __init__(
@@ -83,6 +84,7 @@ class Document:
         self.language_id = language_id
         self.version = version
         self.kv: Any = None
+        self.given: Any = None
         self.inflight: dict[str, Any] = {}
         self._set_text(text)
         self.syntax: SyntaxTree | None = SyntaxTree.for_document(uri, text, language_id, version)

@@ -2,12 +2,16 @@
 
 Everything the model does runs on one worker thread, so the event loop keeps reading messages
 (didChange, $/cancelRequest) while a suggestion is computed. Each document has at most one
-request in flight: a newer one cancels it, and so does the client's $/cancelRequest.
+request in flight: a newer one cancels it, and so does the client's $/cancelRequest, with one
+exception: a completion whose text so far agrees with the characters typed since it was asked
+for keeps running, and the next keystroke's request, queued behind it, takes the rest of its
+answer (nextab/typeahead.py) instead of starting over.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -21,13 +25,14 @@ from pygls.protocol import LanguageServerProtocol
 from pygls.protocol.language_server import lsp_method
 
 from nextab import __version__
-from nextab.acceptance import AcceptanceLog, outcome_from_params
+from nextab.acceptance import AcceptanceLog, outcome_from_params, stages_of
 from nextab.config import Config, load
 from nextab.context.document import Document, Position, PositionError, Range
 from nextab.context.history import EditHistory
-from nextab.engine import CompletionRequest, Engine, Suggestion
+from nextab.engine import CompletionRequest, Engine, Metrics, Suggestion
 from nextab.models.decoding import Cancelled, CancelToken
 from nextab.nextedit import EditSuggestion, NextEditRequest, NextEditResult, end_of_last_edit
+from nextab.typeahead import agrees, typed_since
 
 if TYPE_CHECKING:
     from nextab.context.workspace import Workspace
@@ -38,9 +43,12 @@ EngineFactory = Callable[[Config], Engine]
 _T = TypeVar("_T")
 
 _REINDEX_DELAY_S = 0.75
+# How long a completion the client cancelled keeps running, waiting for the next keystroke's
+# request to take it over: editors cancel the old request and send the new one together.
+_ADOPT_S = 0.1
 
 # Settings that need the model reloaded when they change.
-_MODEL_KEYS = ("model", "device", "dtype")
+_MODEL_KEYS = ("model", "device", "dtype", "backend", "precision")
 
 # nextab's own requests and notifications, announced under `experimental.nextab` in the
 # server's capabilities.
@@ -87,6 +95,9 @@ class NextabServer(LanguageServer):
         self._history = EditHistory()
         self.indexing: tuple[int, int] | None = None  # files indexed, of how many
         self.last_latency_ms: float | None = None
+        # The last completion served per document: its stage budget goes into the acceptance
+        # log with the editor's report of what became of it.
+        self.served: dict[str, Metrics] = {}
         self.acceptance = AcceptanceLog()
 
     def start_engine(self) -> None:
@@ -114,6 +125,8 @@ class NextabServer(LanguageServer):
                 message=f"nextab: {info.name} ready on {info.device} ({info.dtype})",
             )
         )
+        for doc in list(self.documents.values()):  # opened while the model loaded
+            engine.warm(doc, path=_display_path(doc.uri))
         if self.workspace_root is not None and self.config.context.index:
             self._opening = asyncio.ensure_future(self.open_workspace(engine, self.workspace_root))
 
@@ -255,6 +268,7 @@ class NextabServer(LanguageServer):
         delay_s: float = 0.0,
     ) -> _T | None:
         """Run `work` on the model thread once the engine is up; None when superseded."""
+        handed_over = False  # left running for the next keystroke's request to take over
         try:
             if delay_s:
                 await asyncio.sleep(delay_s)
@@ -264,22 +278,28 @@ class NextabServer(LanguageServer):
             loop = asyncio.get_running_loop()
             return await loop.run_in_executor(self.model_thread, work, engine)
         except asyncio.CancelledError:
-            token.cancel()  # the client's $/cancelRequest: stop the model thread too
+            # The client's $/cancelRequest: stop the model thread too, unless the next
+            # keystroke's request may still take this one over.
+            if isinstance(token, CompletionWork) and token.agrees_with(doc.text):
+                asyncio.get_running_loop().call_later(_ADOPT_S, _release, doc, token)
+                handed_over = True
+            else:
+                token.cancel()
             raise
         except Cancelled:
             return None  # superseded by a newer request for this document
         finally:
             for kind, running in list(doc.inflight.items()):
-                if running is token:
+                if running is token and not handed_over:
                     del doc.inflight[kind]
 
     async def suggest(self, uri: str, position: types.Position) -> tuple[Document, int, Suggestion] | None:
         doc = self.document(uri)
         offset = _offset(doc, position)
-        token = _claim(doc, "completion")
         request = CompletionRequest(
             document=doc, offset=offset, text=doc.text, path=_display_path(uri)
         )
+        token = _claim_completion(doc, request)
         suggestion = await self._on_model(
             doc, token, lambda engine: engine.complete(request, token), self.config.debounce_ms / 1000
         )
@@ -287,18 +307,19 @@ class NextabServer(LanguageServer):
             return None
         m = suggestion.metrics
         self.last_latency_ms = m.total_ms
+        self.served[uri] = m
         log.info(
-            "%s:%d:%d %s %.0f ms (prompt %d, context %d, reused %d, new %d) -> %r",
+            "%s:%d:%d %s %.0f ms (%s; prompt %d, context %d, reused %d, new %d)",
             _display_path(uri),
             position.line,
             position.character,
             suggestion.mode,
             m.total_ms,
+            m.source,
             m.prompt_tokens,
             m.context_tokens,
             m.reused_tokens,
             m.generated_tokens,
-            suggestion.text[:60],
         )
         return doc, offset, suggestion
 
@@ -448,6 +469,9 @@ def create_server(config: Config, engine_factory: EngineFactory = Engine.load) -
         workspace = ls.workspace()
         if workspace is not None:
             workspace.open_document(workspace.relative(item.uri), item.text)
+        engine = ls.engine_future
+        if engine is not None and engine.done() and not engine.cancelled() and not engine.exception():
+            engine.result().warm(doc, path=_display_path(item.uri))
 
     @server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
     def did_change(ls: NextabServer, params: types.DidChangeTextDocumentParams) -> None:
@@ -475,11 +499,14 @@ def create_server(config: Config, engine_factory: EngineFactory = Engine.load) -
         doc.version = version
         ls.schedule_reindex(doc)
         ls.schedule_push(doc)
-        _cancel_all(doc)  # their answers would be for text that no longer exists
+        # Their answers would be for text that no longer exists, except a completion that the
+        # typing has followed so far: the next request takes its answer over.
+        _cancel_all(doc, keep=lambda token: token.agrees_with(doc.text))
 
     @server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
     def did_close(ls: NextabServer, params: types.DidCloseTextDocumentParams) -> None:
         doc = ls.documents.pop(params.text_document.uri, None)
+        ls.served.pop(params.text_document.uri, None)
         if doc is None:
             return
         _cancel_all(doc)
@@ -576,6 +603,9 @@ def create_server(config: Config, engine_factory: EngineFactory = Engine.load) -
         except ValueError as error:
             log.warning("nextab/suggestionOutcome ignored: %s", error)
             return
+        served = ls.served.get(uri) if isinstance(uri, str) else None
+        if outcome.kind == "completion" and served is not None:
+            outcome = dataclasses.replace(outcome, stages=stages_of(served))
         ls.acceptance.append(outcome)
 
     @server.feature(types.SHUTDOWN)
@@ -609,10 +639,74 @@ def _claim(doc: Document, kind: str) -> CancelToken:
     return token
 
 
-def _cancel_all(doc: Document) -> None:
-    for token in doc.inflight.values():
-        token.cancel()
-    doc.inflight.clear()
+class CompletionWork(CancelToken):
+    """A completion's cancel handle, with the request it answers, and the earlier completions
+    it waits behind because it will take over their answers."""
+
+    def __init__(self, request: CompletionRequest) -> None:
+        super().__init__()
+        self.request = request
+        self.earlier: list[CompletionWork] = []
+        self.adopted = False
+
+    def typed(self, text: str, offset: int | None = None) -> str | None:
+        """What was typed at this request's cursor to make `text` (the cursor now after it)."""
+        request = self.request
+        if offset is None:
+            offset = request.offset + len(text) - len(request.text)
+        return typed_since(request.text, request.offset, text, offset)
+
+    def agrees_with(self, text: str) -> bool:
+        """Whether the answer may still be what was typed since, and more."""
+        typed = self.typed(text)
+        return typed is not None and not self.cancelled and agrees(self.partial, typed)
+
+    def cancel_all(self) -> None:
+        for work in (self, *self.earlier):
+            work.cancel()
+
+
+def _claim_completion(doc: Document, request: CompletionRequest) -> CompletionWork:
+    """The cancel handle of a new completion for `doc`. The one in flight is cancelled, unless
+    the new request's text is its text with characters typed at its cursor that agree with
+    what it has written so far: then it runs on, and the new request, queued behind it on the
+    model thread, is answered from its suggestion."""
+    work = CompletionWork(request)
+    earlier = doc.inflight.get("completion")
+    if isinstance(earlier, CompletionWork):
+        typed = earlier.typed(request.text, request.offset)
+        if typed and not earlier.cancelled and agrees(earlier.partial, typed):
+            earlier.adopted = True
+            work.earlier = [w for w in (earlier, *earlier.earlier) if not w.cancelled]
+        else:
+            earlier.cancel_all()
+    elif earlier is not None:
+        earlier.cancel()
+    doc.inflight["completion"] = work
+    return work
+
+
+def _release(doc: Document, work: CompletionWork) -> None:
+    """A client-cancelled completion that no newer request took over stops."""
+    if work.adopted:
+        return
+    work.cancel()
+    if doc.inflight.get("completion") is work:
+        del doc.inflight["completion"]
+
+
+def _cancel_all(doc: Document, keep: Callable[[CompletionWork], bool] | None = None) -> None:
+    for kind, token in list(doc.inflight.items()):
+        if isinstance(token, CompletionWork):
+            if keep is not None and keep(token):
+                for earlier in token.earlier:
+                    if not keep(earlier):
+                        earlier.cancel()
+                continue
+            token.cancel_all()
+        else:
+            token.cancel()
+        del doc.inflight[kind]
 
 
 def _field(value: Any, *names: str) -> Any:

@@ -12,6 +12,7 @@ from typing import Protocol
 import numpy as np
 
 from nextab.models.backend import Backend, KVCache, common_prefix_length
+from nextab.models.drafting import CopyDrafter, Drafter, Drafters, Lookup, NgramDrafter
 
 
 class Cancelled(Exception):
@@ -23,6 +24,9 @@ class CancelToken:
 
     def __init__(self) -> None:
         self._event = threading.Event()
+        # The completion text written so far (set by the model thread): what decides whether
+        # work overtaken by a keystroke is still worth finishing (nextab/typeahead.py).
+        self.partial = ""
 
     def cancel(self) -> None:
         self._event.set()
@@ -54,6 +58,9 @@ class DecodeParams:
     # decoding gives; only the number of passes changes.
     draft: tuple[int, ...] = ()
     draft_length: int = 12
+    # Prompt lookup (models/drafting.py): drafts from the prompt itself and the output so far,
+    # where the last tokens written occur earlier (completions). None: no lookup.
+    lookup: Lookup | None = None
     # Whether a finished completion would be shown whole: the caller's own checks after
     # decoding (a syntax check that cuts a suggestion back). A lookahead branch that ends in
     # text they would cut does not win a pause.
@@ -113,7 +120,7 @@ class DecodeResult:
     decode_ms: float
     paused_steps: int = 0  # steps where the strategy looked ahead instead of taking the argmax
     evaluated_tokens: int = 0  # tokens run through the model after the prompt, lookahead included
-    drafted_tokens: int = 0  # drafted tokens checked (DecodeParams.draft)
+    drafted_tokens: int = 0  # drafted tokens checked (DecodeParams.draft and .lookup)
     accepted_tokens: int = 0  # and taken
 
 
@@ -179,7 +186,7 @@ class Run:
     evaluated: int = 0
     drafted: int = 0  # draft tokens checked
     accepted: int = 0  # draft tokens the model agreed with
-    draft_at: int = 0  # where in the draft the output was last matched
+    prompt: Sequence[int] = ()  # what the model read before `generated` (prompt lookup's source)
 
     def text_with(self, tokens: Sequence[int]) -> str | None:
         """The completion text after `generated` + `tokens`; None while still healing."""
@@ -206,6 +213,16 @@ class GreedyDecoder:
         committed with one forward pass)."""
         return [int(np.argmax(logits))]
 
+    def agreed(self, run: Run, rows: np.ndarray, draft: Sequence[int]) -> int:
+        """How many of the drafted tokens this strategy would have written itself, one by one:
+        `rows[i]` are the logits before `draft[i]`. A subclass whose `choose` is not always the
+        argmax must stop where it would have chosen otherwise."""
+        picks = np.argmax(rows[: len(draft)], axis=1)
+        agreed = 0
+        while agreed < len(draft) and int(picks[agreed]) == draft[agreed]:
+            agreed += 1
+        return agreed
+
     def decode(
         self,
         backend: Backend,
@@ -218,7 +235,7 @@ class GreedyDecoder:
         started = time.perf_counter()
         logits, reused = prefill(backend, cache, prompt, cancel, params.prefill_chunk)
         prefilled = time.perf_counter()
-        run = Run(backend, cache, params, cancel, healing.text if healing else "", [])
+        run = Run(backend, cache, params, cancel, healing.text if healing else "", [], prompt=prompt)
         tokens, text, reason = self.generate(run, logits, healing)
         return DecodeResult(
             tokens=tuple(tokens),
@@ -241,6 +258,9 @@ class GreedyDecoder:
         backend, cache, params, cancel = run.backend, run.cache, run.params, run.cancel
         healed = run.healed
         generated = run.generated
+        drafter = _drafter(run)
+        # Prompt lookup learns what passes cost here, to draft only what pays.
+        costs = params.lookup.costs if params.lookup is not None else None
         full = ""  # everything generated, healed text included
         text = ""
         reason = "length"
@@ -265,6 +285,7 @@ class GreedyDecoder:
                 if len(full) < len(healed):
                     continue
                 text = full[len(healed) :]
+                cancel.partial = text
                 if params.stop_check is not None:
                     keep = params.stop_check(text)
                     if keep is not None:
@@ -279,41 +300,61 @@ class GreedyDecoder:
             if known:  # their logits came with the draft's check
                 known, logits = [], pending_logits
                 continue
-            draft = _copy_draft(run) if params.draft and len(full) >= len(healed) else []
+            # Drafts start once healing is done: its tokens are not the strategy's to choose.
+            # Never past max_tokens: the tokens that fill it up need no logits after them.
+            draft = (
+                drafter.propose(generated, params.max_tokens - len(generated))
+                if drafter is not None and len(full) >= len(healed)
+                else []
+            )
+            draft = _until_the_end(run, draft)
+            began = time.perf_counter()
             if not draft:
                 logits = backend.forward(cache, fed)
                 run.evaluated += len(fed)
+                if costs is not None and len(fed) == 1:
+                    costs.observe_plain((time.perf_counter() - began) * 1000)
                 continue
             out = backend.forward(cache, [*fed, *draft], every=True)
             run.evaluated += len(fed) + len(draft)
-            agreed = 0
-            while agreed < len(draft) and int(np.argmax(out[len(fed) - 1 + agreed])) == draft[agreed]:
-                agreed += 1
+            rows = out[len(fed) - 1 :]
+            agreed = self.agreed(run, rows, draft)
             backend.truncate(cache, len(cache.tokens) - (len(draft) - agreed))
+            if costs is not None:
+                costs.observe_check(len(fed) + len(draft), (time.perf_counter() - began) * 1000)
             run.drafted += len(draft)
             run.accepted += agreed
-            run.draft_at += agreed
-            known, pending_logits = draft[:agreed], out[len(fed) - 1 + agreed]
+            assert drafter is not None
+            drafter.taken(len(draft), agreed)
+            known, pending_logits = draft[:agreed], rows[agreed]
             if not known:
                 logits = pending_logits
+        if drafter is not None:
+            drafter.finish(generated)
         return generated, text, reason
 
 
-def _copy_draft(run: Run, match: int = 3) -> list[int]:
-    """The draft tokens that follow where the output's last tokens stand in the draft, looked
-    for from where the output last matched it, then from its start."""
-    source, generated, length = run.params.draft, run.generated, run.params.draft_length
-    if not generated:
-        run.draft_at = 0
-        return list(source[:length])
-    for n in range(min(match, len(generated)), 0, -1):
-        tail = tuple(generated[-n:])
-        for start in (run.draft_at, 0):
-            for end in range(max(n, start), len(source)):
-                if tuple(source[end - n : end]) == tail:
-                    run.draft_at = end
-                    return list(source[end : end + length])
-    return []
+def _until_the_end(run: Run, draft: list[int]) -> list[int]:
+    """The draft up to the token that would end the completion (an end token, or the stop
+    rules firing), that one included: the tokens after it could never be written."""
+    stop_ids, check = run.params.stop_ids, run.params.stop_check
+    for i, token in enumerate(draft):
+        if token in stop_ids or (check is not None and run.ends(draft[: i + 1])):
+            return draft[: i + 1]
+    return draft
+
+
+def _drafter(run: Run) -> Drafter | None:
+    """The draft sources a decode call has: the text a rewrite copies, then prompt lookup."""
+    params = run.params
+    drafters: list[Drafter] = []
+    if params.draft:
+        drafters.append(CopyDrafter(params.draft, params.draft_length))
+    if params.lookup is not None:
+        drafters.append(NgramDrafter(params.lookup, run.prompt, params.max_tokens))
+    if not drafters:
+        return None
+    return drafters[0] if len(drafters) == 1 else Drafters(drafters)
 
 
 @dataclass(frozen=True)
@@ -405,6 +446,17 @@ class AdaDecDecoder(GreedyDecoder):
         self.threshold = threshold
         self.top_k = top_k
         self.lookahead = lookahead
+
+    def agreed(self, run: Run, rows: np.ndarray, draft: Sequence[int]) -> int:
+        # A drafted token is taken only where AdaDec would not pause: there it is the argmax,
+        # as in greedy decoding; at the first uncertain step `choose` decides as usual.
+        agreed = super().agreed(run, rows, draft)
+        if self.top_k == 1 or self.threshold == math.inf:
+            return agreed
+        for i in range(agreed):
+            if entropy(rows[i]) > self.threshold:
+                return i
+        return agreed
 
     def choose(self, run: Run, logits: np.ndarray) -> list[int]:
         if self.top_k == 1 or entropy(logits) <= self.threshold:

@@ -31,7 +31,7 @@ def pick_device(requested: str) -> str:
     return "cpu"
 
 
-def _cpu_has_fast_bf16() -> bool:
+def cpu_has_fast_bf16() -> bool:
     # Without AMX or AVX512-BF16, torch emulates bf16 matmuls on the CPU and they run slower
     # than fp32; with them, pre-fill runs several times faster.
     try:
@@ -48,7 +48,7 @@ def pick_dtype(requested: str, device: str) -> torch.dtype:
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if device == "mps":
         return torch.float16
-    return torch.bfloat16 if _cpu_has_fast_bf16() else torch.float32
+    return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
 
 
 @dataclass

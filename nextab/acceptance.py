@@ -43,6 +43,9 @@ class Outcome:
     latency_ms: float | None  # request to suggestion, as the editor measured it
     model: str = ""
     time: float = 0.0
+    # Where the server's time went for the suggestion (completions): ms per stage, as in
+    # `Metrics` (context, wait, prefill, decode, post, total) plus source 1.0 = typed-ahead.
+    stages: dict[str, float] | None = None
 
 
 def default_path() -> Path:
@@ -109,12 +112,39 @@ def _parse(raw: bytes) -> Outcome | None:
             latency_ms=float(latency) if latency is not None else None,
             model=str(record.get("model", "")),
             time=float(record.get("time", 0.0)),
+            stages=_stages(record.get("stages")),
         )
     except (ValueError, KeyError, TypeError, AttributeError):
         return None
     if outcome.kind not in KINDS or outcome.result not in RESULTS:
         return None
     return outcome
+
+
+STAGES = ("context", "wait", "prefill", "decode", "post", "total")
+
+
+def _stages(value: Any) -> dict[str, float] | None:
+    if not isinstance(value, dict):
+        return None
+    return {
+        str(k): float(v)
+        for k, v in value.items()
+        if isinstance(v, int | float) and not isinstance(v, bool)
+    }
+
+
+def stages_of(metrics: Any) -> dict[str, float]:
+    """The stage budget of a served completion (engine Metrics) as the log keeps it."""
+    return {
+        "context": round(metrics.context_ms, 2),
+        "wait": round(metrics.wait_ms, 2),
+        "prefill": round(metrics.prefill_ms, 2),
+        "decode": round(metrics.decode_ms, 2),
+        "post": round(metrics.post_ms, 2),
+        "total": round(metrics.total_ms, 2),
+        "typed_ahead": 1.0 if metrics.source == "typed-ahead" else 0.0,
+    }
 
 
 def outcome_from_params(params: Any, language: str, model: str) -> Outcome:
@@ -185,6 +215,25 @@ def _totals(outcomes: Iterable[Outcome]) -> dict[str, Any]:
         if chars_shown
         else None,
         "latency_ms": {"p50": percentile(latencies, 50), "p95": percentile(latencies, 95)},
+        **_stage_totals(items),
+    }
+
+
+def _stage_totals(items: Sequence[Outcome]) -> dict[str, Any]:
+    """The server's time per stage (p50/p95 ms), where the log has it: a slow suggestion says
+    where its time went."""
+    timed = [o.stages for o in items if o.stages]
+    if not timed:
+        return {}
+    return {
+        "server_ms": {
+            stage: {
+                "p50": percentile([t[stage] for t in timed if stage in t], 50),
+                "p95": percentile([t[stage] for t in timed if stage in t], 95),
+            }
+            for stage in STAGES
+        },
+        "typed_ahead_share": round(sum(t.get("typed_ahead", 0.0) for t in timed) / len(timed), 4),
     }
 
 

@@ -19,6 +19,7 @@ def _add_model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help='"embedded" (default), a model directory, a .gguf file or a hub id')
     parser.add_argument("--device", help='"auto" (default), "cpu", "cuda", "cuda:N" or "mps"')
     parser.add_argument("--dtype", help='"auto" (default), "float32", "bfloat16" or "float16"')
+    parser.add_argument("--backend", help='"auto" (default), "onnx", "split" or "torch"')
     parser.add_argument("--max-tokens", type=int, help="most tokens one suggestion may have")
     parser.add_argument("--decoding", help='decoding strategy: "greedy", "adadec" or "beam"')
     parser.add_argument(
@@ -40,6 +41,7 @@ def build_config(args: argparse.Namespace) -> Config:
         "model": args.model,
         "device": args.device,
         "dtype": args.dtype,
+        "backend": args.backend,
         "maxTokens": args.max_tokens,
         "decoding": args.decoding,
     }
@@ -267,6 +269,26 @@ def cmd_model_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_model_export(args: argparse.Namespace) -> int:
+    from nextab.models.loading import onnx_available
+    from nextab.models.onnx_export import ExportError, export_model
+    from nextab.models.resolve import ModelNotFoundError, resolve_model
+
+    if not onnx_available():
+        print("nextab: exporting needs onnxruntime, onnxruntime-genai and onnx (pip install .)", file=sys.stderr)
+        return 3
+    try:
+        resolved = resolve_model(args.spec)
+        exported = export_model(
+            resolved, args.precision, args.provider, force=args.force
+        )
+    except (ModelNotFoundError, ExportError) as error:
+        print(f"nextab: {error}", file=sys.stderr)
+        return 3
+    print(exported.path)
+    return 0
+
+
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from nextab.calibrate import calibrate
     from nextab.engine import Engine
@@ -321,6 +343,11 @@ def cmd_stats(args: argparse.Namespace) -> int:
             p50, p95 = t["latency_ms"]["p50"], t["latency_ms"]["p95"]
             print(f"  {language:<14}{t['shown']:>7}{rate:>10}{anyrate:>10}{t['chars_accepted']:>8}"
                   f"{p50 if p50 is not None else '-':>9}{p95 if p95 is not None else '-':>9}")
+        stages = summary[kind]["all"].get("server_ms")
+        if stages:
+            share = summary[kind]["all"]["typed_ahead_share"]
+            print(f"  server time per stage, ms (p50 / p95; {share:.0%} served typed-ahead):")
+            print("    " + ", ".join(f"{name} {v['p50']} / {v['p95']}" for name, v in stages.items()))
     return 0
 
 
@@ -383,6 +410,16 @@ def make_parser() -> argparse.ArgumentParser:
     fetch = model_sub.add_parser("fetch", parents=[after], help="download, verify and convert a model; print its path")
     fetch.add_argument("spec", nargs="?", default="embedded")
     fetch.set_defaults(func=cmd_model_fetch)
+    export = model_sub.add_parser(
+        "export",
+        parents=[after],
+        help="export a model to onnxruntime (weight-only quantized), cache it, print its path",
+    )
+    export.add_argument("spec", nargs="?", default="embedded")
+    export.add_argument("--precision", choices=["int4", "int8", "fp16", "fp32"], help="default: int4 on cpu, fp16 on cuda")
+    export.add_argument("--provider", choices=["cpu", "cuda"], default="cpu", help="execution provider (default cpu)")
+    export.add_argument("--force", action="store_true", help="export again even if a current export exists")
+    export.set_defaults(func=cmd_model_export)
 
     calibrate = sub.add_parser(
         "calibrate", parents=[after], help="learn the model's AdaDec entropy threshold from real code"

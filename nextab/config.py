@@ -92,6 +92,13 @@ class Config:
     model: str = "embedded"  # "embedded", a model directory, a .gguf file or a hub id
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:N", "mps"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    # The runtime: "onnx" runs an onnxruntime export of the model (made once by
+    # `nextab model export`), "torch" runs it in transformers, "split" pre-fills long prompts
+    # in torch and decodes in onnxruntime over one cache; "auto" picks per device, as
+    # measured (README, "Backends").
+    backend: Literal["auto", "torch", "onnx", "split"] = "auto"
+    # Weights of the onnxruntime export; "auto" is int8 on a CPU and fp16 on CUDA.
+    precision: Literal["auto", "int4", "int8", "fp16", "fp32"] = "auto"
     max_tokens: int = 64
     decoding: Literal["greedy", "adadec", "beam"] = "greedy"
     # "auto" reads the family off the model's vocabulary.

@@ -17,7 +17,7 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -30,7 +30,7 @@ from nextab.context.document import Document
 from nextab.context.repository import Material
 from nextab.context.syntax import Snapshot
 from nextab.context.window import WindowLimits, cut_window
-from nextab.models.backend import Backend, Interrupted, KVCache
+from nextab.models.backend import Backend, Interrupted, KVCache, common_prefix_length
 from nextab.models.batch_decoding import BatchItem, decode_batch
 from nextab.models.decoding import (
     NEVER_CANCELLED,
@@ -43,6 +43,7 @@ from nextab.models.decoding import (
     make_decoder,
     split_for_healing,
 )
+from nextab.models.drafting import engine_lookup
 from nextab.models.fim import (
     ContextFile,
     FimInput,
@@ -56,6 +57,7 @@ from nextab.models.rewrite import render as render_rewrite
 from nextab.models.rewrite import stop_check as rewrite_stop_check
 from nextab.models.scoring import BackendScorer
 from nextab.models.stopping import Mode, StopRules, Trimmed, finalize
+from nextab.typeahead import Given, remainder
 
 if TYPE_CHECKING:
     from nextab.context.workspace import ProgressFn, Workspace
@@ -64,6 +66,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PREPARE_IDLE_S = 1.0  # background context preparation starts after this long without requests
+# Warming pre-fills in pieces this small so that a keystroke's request waits at most one piece
+# (~0.2-0.4 s on a 2-core CPU) for the model.
+WARM_CHUNK = 48
+WARM_DOCUMENTS = 2  # only the most recently opened documents are warmed
 
 
 @dataclass(frozen=True)
@@ -88,6 +94,16 @@ class Metrics:
     total_ms: float
     paused_steps: int = 0  # decoding steps that looked ahead (AdaDec) or searched (beam)
     evaluated_tokens: int = 0  # tokens the model ran after the prompt, lookahead included
+    drafted_tokens: int = 0  # speculated tokens checked (prompt lookup, rewrite drafts)
+    accepted_tokens: int = 0  # of which the model agreed with
+    # Where the time went, the budget per stage: building the prompt (window, repository
+    # context, template, tokens), waiting for the model, then pre-fill and decode above, then
+    # trimming the text to what is shown.
+    context_ms: float = 0.0
+    wait_ms: float = 0.0
+    post_ms: float = 0.0
+    # "model", or "typed-ahead": the rest of an earlier suggestion the developer is typing.
+    source: str = "model"
 
 
 @dataclass(frozen=True)
@@ -129,6 +145,7 @@ class Engine:
         self.rewrite_stop_ids = _rewrite_stop_ids(backend, self.stop_ids)
         self.decoder: Decoder = self._make_decoder(config)
         self._other_decoders: dict[str, Decoder] = {}  # per-request strategies (batch rows)
+        self.lookup = engine_lookup()  # completions' drafts from their prompt (None: off)
         # One model, one thread at a time: the KV caches and the model are not thread-safe.
         self._lock = threading.Lock()
         self._cached: OrderedDict[int, weakref.ref[Document]] = OrderedDict()
@@ -141,17 +158,25 @@ class Engine:
         self._waiting = 0
         self._wake = threading.Event()
         self._preparer: threading.Thread | None = None
+        self._to_warm: OrderedDict[int, tuple[weakref.ref[Document], int, str | None]] = OrderedDict()
         self._closing = False
         self._last_request = 0.0
 
     @classmethod
     def load(cls, config: Config, *, progress: bool = True) -> Engine:
         from nextab.models.calibration import load_threshold
+        from nextab.models.loading import load_backend
         from nextab.models.resolve import resolve_model
-        from nextab.models.torch_backend import TorchBackend
 
         resolved = resolve_model(config.model, progress=progress)
-        backend = TorchBackend.load(resolved.path, resolved.name, config.device, config.dtype)
+        backend = load_backend(
+            resolved,
+            backend=config.backend,
+            device=config.device,
+            dtype=config.dtype,
+            precision=config.precision,
+            progress=progress,
+        )
         learned = load_threshold(resolved.path, resolved.name)
         engine = cls(config, backend, learned_threshold=learned, model_path=resolved.path)
         # A location model is loaded (or found missing) at start, not at the first request.
@@ -221,12 +246,65 @@ class Engine:
         )
         if start:
             self.workspace.start()
+        self._start_preparer()
+        return self.workspace
+
+    def _start_preparer(self) -> None:
+        if self._preparer is not None and self._preparer.is_alive():
+            return
         self._closing = False
         self._preparer = threading.Thread(
             target=self._prepare_loop, name="nextab-context", daemon=True
         )
         self._preparer.start()
-        return self.workspace
+
+    def warm(self, document: Document, offset: int | None = None, path: str | None = None) -> None:
+        """Pre-compute the prompt for `offset` in `document` while the model is idle, so that
+        the first request there costs only what changed since: the stable part of the prompt
+        (repository context, the file's path, the code before the cursor) is in its cache.
+        Yields to every completion; the latest requests win when several documents open.
+
+        Without an offset (a document just opened: LSP does not say where the cursor is), the
+        end of the first prompt window: the file's start up to there is what any request in
+        it shares."""
+        if offset is None:
+            offset = self.config.completion.prefix_chars
+        self._to_warm[id(document)] = (weakref.ref(document), offset, path)
+        self._to_warm.move_to_end(id(document))
+        while len(self._to_warm) > WARM_DOCUMENTS:
+            self._to_warm.popitem(last=False)
+        self._start_preparer()
+        self._wake.set()
+
+    def _warm_pending(self) -> None:
+        while self._to_warm and not self._closing and not self._waiting:
+            _, (ref, offset, path) = self._to_warm.popitem()
+            document = ref()
+            if document is None:
+                continue
+            text = document.text
+            try:
+                built = self.prompt_for(CompletionRequest(document, min(offset, len(text)), text, path))
+            except Exception:  # a document the prompt cannot be built for is not warmed
+                log.debug("warming %s skipped", document.uri, exc_info=True)
+                continue
+            started, computed = time.perf_counter(), 0
+            with self._lock:
+                if document.kv is not None and document.kv.tokens:
+                    continue  # a request got there first: its cache is the one to keep
+                cache = self._cache_for(document)
+                reused = common_prefix_length(cache.tokens, built.ids)
+                self.backend.truncate(cache, reused)
+                for begin in range(reused, len(built.ids), WARM_CHUNK):
+                    if self._waiting or self._closing:
+                        break
+                    piece = built.ids[begin : begin + WARM_CHUNK]
+                    self.backend.forward(cache, piece)
+                    computed += len(piece)
+            log.debug(
+                "warmed %s: %d of %d prompt tokens computed in %.0f ms",
+                document.uri, computed, len(built.ids), (time.perf_counter() - started) * 1000,
+            )
 
     def close_workspace(self) -> None:
         workspace, self.workspace = self.workspace, None
@@ -259,6 +337,7 @@ class Engine:
             # hold the model when the next request arrives.
             while not self._closing and time.monotonic() - self._last_request < PREPARE_IDLE_S:
                 time.sleep(0.05)
+            self._warm_pending()
             while workspace is not None and not self._closing and not self._waiting:
                 try:
                     if not workspace.prepare_pending(should_stop=self._should_yield):
@@ -312,15 +391,20 @@ class Engine:
 
     def complete(self, request: CompletionRequest, cancel: CancelToken = NEVER_CANCELLED) -> Suggestion:
         started = time.perf_counter()
+        ahead = self._typed_ahead(request, started)
+        if ahead is not None:
+            return ahead
         offset = request.offset
         built = self.prompt_for(request)
         params = self._params(built, request)
+        prompted = time.perf_counter()
         # Completions come from one thread (the caller's model thread), so a plain counter is
         # enough; the preparer only reads it.
         self._waiting += 1
         try:
             with self._lock:
                 self._waiting -= 1
+                locked = time.perf_counter()
                 cancel.check()
                 cache = self._cache_for(request.document)
                 decoder = self._decoder_for(request.decoding)
@@ -329,7 +413,51 @@ class Engine:
             self._last_request = time.monotonic()
             if self.workspace is not None and self.workspace.pending():
                 self._wake.set()
-        return _suggestion(built, offset, result, (time.perf_counter() - started) * 1000)
+        decoded = time.perf_counter()
+        suggestion = _suggestion(built, offset, result, 0.0)
+        finished = time.perf_counter()
+        suggestion = replace(
+            suggestion,
+            metrics=replace(
+                suggestion.metrics,
+                total_ms=(finished - started) * 1000,
+                context_ms=(prompted - started) * 1000,
+                wait_ms=(locked - prompted) * 1000,
+                post_ms=(finished - decoded) * 1000,
+            ),
+        )
+        request.document.given = Given(
+            request.text,
+            offset,
+            suggestion.text,
+            suggestion.replace,
+            suggestion.mode,
+            suggestion.stop_reason,
+            _reuse_key(request),
+        )
+        log.debug("completion stages: %s", _stage_line(suggestion.metrics))
+        return suggestion
+
+    def _typed_ahead(self, request: CompletionRequest, started: float) -> Suggestion | None:
+        """The rest of the last suggestion for the document, if the developer has been typing
+        it since (no model call); None otherwise."""
+        given: Given | None = request.document.given
+        if given is None or given.model != _reuse_key(request):
+            return None
+        rest = remainder(given, request.text, request.offset)
+        if rest is None:
+            return None
+        request.document.given = replace(
+            given, text=request.text, offset=request.offset, insert=rest
+        )
+        total = (time.perf_counter() - started) * 1000
+        return Suggestion(
+            text=rest,
+            replace=given.replace,
+            mode=given.mode,
+            stop_reason=given.stop_reason,
+            metrics=Metrics(0, 0, 0, 0, 0.0, 0.0, total, source="typed-ahead"),
+        )
 
     def complete_batch(
         self,
@@ -375,6 +503,7 @@ class Engine:
             stop_ids=self.stop_ids,
             stop_check=built.rules,
             viable=lambda text, reason: _shows_all(_shown(built, offset, text, reason)),
+            lookup=self.lookup,
         )
 
     def _decoder_for(self, name: str | None) -> Decoder:
@@ -450,15 +579,22 @@ class Engine:
             self._locator = None
             return self.backend
         if self._locator is None or self._locator[0] != spec:
+            from nextab.models.loading import load_backend
             from nextab.models.resolve import ModelNotFoundError, resolve_model
-            from nextab.models.torch_backend import TorchBackend
 
             self._locator = None  # the old one's memory goes before the new one loads
             device = self.backend.info.device
             try:
                 resolved = resolve_model(spec, progress=False)
-                located = TorchBackend.load(resolved.path, resolved.name, device, self.config.dtype)
-            except (ModelNotFoundError, OSError, ValueError) as error:
+                located = load_backend(
+                    resolved,
+                    backend=self.config.backend,
+                    device=device,
+                    dtype=self.config.dtype,
+                    precision=self.config.precision,
+                    progress=False,
+                )
+            except (ModelNotFoundError, OSError, ValueError, RuntimeError) as error:
                 log.error("nextEdit.locationModel %r cannot be loaded (%s): ranking with %s",
                           spec, error, self.backend.info.name)
                 located = self.backend
@@ -486,6 +622,7 @@ class Engine:
         """Drop what the engine holds for a closed document."""
         with self._lock:
             document.kv = None
+            document.given = None
             self._cached.pop(id(document), None)
 
     def _cache_for(self, document: Document) -> KVCache:
@@ -520,7 +657,23 @@ def _suggestion(built: Prompt, offset: int, result: DecodeResult, total_ms: floa
             total_ms=total_ms,
             paused_steps=result.paused_steps,
             evaluated_tokens=result.evaluated_tokens,
+            drafted_tokens=result.drafted_tokens,
+            accepted_tokens=result.accepted_tokens,
         ),
+    )
+
+
+def _reuse_key(request: CompletionRequest) -> tuple[object, ...]:
+    # A suggestion made under other options is not the answer to this request.
+    return (request.mode, request.max_tokens, request.decoding)
+
+
+def _stage_line(m: Metrics) -> str:
+    return (
+        f"context {m.context_ms:.0f} ms, wait {m.wait_ms:.0f} ms, prefill {m.prefill_ms:.0f} ms "
+        f"({m.prompt_tokens - m.reused_tokens} new of {m.prompt_tokens} tokens), decode "
+        f"{m.decode_ms:.0f} ms ({m.generated_tokens} tokens, {m.accepted_tokens}/"
+        f"{m.drafted_tokens} drafted accepted), post {m.post_ms:.1f} ms, total {m.total_ms:.0f} ms"
     )
 
 

@@ -1,10 +1,16 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from tests.tiny import build_model_dir
+
+# The tiny test models are torch models (their 8-wide heads are below what onnxruntime's fused
+# attention takes); servers started by tests inherit this. The onnxruntime backend has its own
+# tests (test_onnx_backend.py) and the real-model suite runs both.
+os.environ.setdefault("NEXTAB_BACKEND", "torch")
 
 # What the editor tests (Neovim, VS Code) open: prose to type into, code with a rename to follow.
 NOTES = "The shop sells apples.\nThe shop sells pears.\nThe shop \n"

@@ -248,13 +248,20 @@ class Scripted:
     def truncate(self, cache: ListCache, length: int) -> None:
         del cache.tokens[max(length, 0) :]
 
-    def forward(self, cache: ListCache, tokens: Sequence[int]) -> np.ndarray:
+    def forward(self, cache: ListCache, tokens: Sequence[int], every: bool = False) -> np.ndarray:
         self.forwards += 1
+        start = len(cache.tokens)
         cache.tokens.extend(tokens)
-        last_middle = len(cache.tokens) - 1 - cache.tokens[::-1].index(self.middle)
-        step = len(cache.tokens) - 1 - last_middle
+        ends = range(start + 1, len(cache.tokens) + 1) if every else [len(cache.tokens)]
+        rows = [self._after(cache.tokens[:end]) for end in ends]  # logits after each token
+        return np.stack(rows) if every else rows[-1]
+
+    def _after(self, tokens: Sequence[int]) -> np.ndarray:
         logits = np.zeros(self.info.vocab_size, dtype=np.float32)
-        logits[self.script[min(step, len(self.script) - 1)]] = 1.0
+        if self.middle in tokens:
+            last_middle = len(tokens) - 1 - list(tokens)[::-1].index(self.middle)
+            step = len(tokens) - 1 - last_middle
+            logits[self.script[min(step, len(self.script) - 1)]] = 1.0
         return logits
 
 
@@ -429,3 +436,22 @@ def test_the_decoder_learns_which_endings_the_editor_would_not_get(tiny_backend)
     assert not viable("    if not items:", "stop")  # a block opener with no body: the syntax check cuts it
     assert not viable("    total = 0", "stop")  # only repeats the line below: the stop rules drop it
     assert not viable("   ", "eos")
+
+
+def test_warming_precomputes_the_prompt_while_idle(tiny_backend):
+    import time
+
+    engine = Engine(Config(), tiny_backend)
+    doc = Document("file:///a.py", SOURCE)
+    built = engine.prompt_for(request(doc))
+    try:
+        engine.warm(doc, CURSOR)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and (doc.kv is None or len(doc.kv.tokens) < len(built.ids)):
+            time.sleep(0.05)
+        assert doc.kv is not None and list(doc.kv.tokens) == list(built.ids)
+        suggestion = engine.complete(request(doc))
+        # Only the one token whose logits a cache does not keep is computed again.
+        assert suggestion.metrics.reused_tokens == suggestion.metrics.prompt_tokens - 1
+    finally:
+        engine.close_workspace()  # stops the background thread

@@ -397,3 +397,14 @@ async def test_status_and_the_acceptance_log(tiny_model_dir: Path, tmp_path: Pat
     assert (python["accepted"], python["partial"], python["chars_accepted"]) == (1, 1, 17)
     assert python["acceptance_rate"] == pytest.approx(1 / 3, abs=1e-4)
     assert python["latency_ms"] == {"p50": 100.0, "p95": 118.0}
+    # The server's own time per stage for the suggestion the outcomes are about.
+    stages = python["server_ms"]
+    assert set(stages) == {"context", "wait", "prefill", "decode", "post", "total"}
+    assert 0 < stages["prefill"]["p50"] <= stages["total"]["p50"]
+    assert stages["decode"]["p50"] + stages["prefill"]["p50"] <= stages["total"]["p50"]
+    assert python["typed_ahead_share"] == 0.0
+    text = subprocess.run(
+        [sys.executable, "-m", "nextab", "stats"],
+        env={**os.environ, "NEXTAB_CACHE_DIR": str(tmp_path)}, capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert "server time per stage" in text and "prefill" in text

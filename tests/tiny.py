@@ -57,18 +57,32 @@ def tiny_qwen2_config(vocab_size: int, **overrides: Any) -> Qwen2Config:
     return Qwen2Config(vocab_size=vocab_size, **{**shape, **overrides})
 
 
-def build_model_dir(path: Path, specials: list[str] = QWEN_SPECIALS, seed: int = 0) -> Path:
+def build_model_dir(
+    path: Path, specials: list[str] = QWEN_SPECIALS, seed: int = 0, **overrides: Any
+) -> Path:
     import torch
 
     torch.manual_seed(seed)
     tokenizer = build_tokenizer(specials)
     config = tiny_qwen2_config(
-        len(tokenizer), eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=True
+        len(tokenizer),
+        **{"eos_token_id": tokenizer.eos_token_id, "tie_word_embeddings": True, **overrides},
     )
     model = Qwen2ForCausalLM(config)
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+# onnxruntime's fused attention takes head sizes in multiples of 16.
+ONNX_SHAPE: dict[str, Any] = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "tie_word_embeddings": False,
+    "initializer_range": 0.3,
+}
 
 
 def lively_model(vocab_size: int, eos_token_id: int, seed: int):

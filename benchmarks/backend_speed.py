@@ -1,0 +1,143 @@
+"""Raw speed of each model backend on this machine: pre-fill, decode, draft checks, lookahead.
+
+The same prompt (real code, ~1k tokens) through each backend's `forward`, as the decoders call
+it: pre-fill in 256-token chunks on a fresh cache, then greedy decode steps, then a forward of
+1 + k drafted tokens (what checking a prompt-lookup draft costs), then one token-tree level of
+3 branches (an AdaDec pause). Prints one JSON object, with every figure also as a ratio to the
+first backend listed, measured in the same run.
+
+    python benchmarks/backend_speed.py --backends torch,onnx-int4,onnx-int8 --tokens 1024
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shlex
+import statistics
+import sys
+import sysconfig
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nextab.models.backend import Backend
+from nextab.models.loading import load_backend
+from nextab.models.resolve import resolve_model
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def prompt_ids(backend: Backend, tokens: int) -> list[int]:
+    source = Path(sysconfig.get_paths()["stdlib"]) / "textwrap.py"
+    ids = backend.tokenize(source.read_text(encoding="utf-8"))
+    return ids[:tokens]
+
+
+def timed(fn: Any) -> float:
+    started = time.perf_counter()
+    fn()
+    return (time.perf_counter() - started) * 1000
+
+
+def measure(backend: Backend, tokens: int, steps: int, reps: int) -> dict[str, Any]:
+    ids = prompt_ids(backend, tokens)
+
+    def prefill() -> Any:
+        cache = backend.new_cache()
+        for start in range(0, len(ids), 256):
+            logits = backend.forward(cache, ids[start : start + 256])
+        return cache, logits
+
+    prefill()  # warm-up: first-run allocations and kernel selection
+    prefill_ms = [timed(prefill) for _ in range(reps)]
+    cache, logits = prefill()
+    step_ms = []
+    for _ in range(steps):
+        token = int(np.argmax(logits))
+        started = time.perf_counter()
+        logits = backend.forward(cache, [token])
+        step_ms.append((time.perf_counter() - started) * 1000)
+    base = len(cache.tokens)
+    verify: dict[str, float] = {}
+    for k in (1, 4, 8):
+        runs = []
+        for _ in range(reps):
+            backend.truncate(cache, base)
+            runs.append(timed(lambda k=k: backend.forward(cache, ids[:k], every=True)))
+        verify[f"verify_{k}_ms"] = round(statistics.median(runs), 1)
+    backend.truncate(cache, base)
+    tree = [timed(lambda: backend.forward_tree(cache, [1, 2, 3], [-1, -1, -1])) for _ in range(1)]
+    return {
+        "prompt_tokens": len(ids),
+        "prefill_ms": round(statistics.median(prefill_ms), 1),
+        "prefill_tok_s": round(len(ids) / (statistics.median(prefill_ms) / 1000), 1),
+        "decode_ms_per_token": round(statistics.median(step_ms), 1),
+        "decode_p95_ms": round(sorted(step_ms)[int(0.95 * (len(step_ms) - 1))], 1),
+        **verify,
+        "tree_3_branches_ms": round(tree[0], 1),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="embedded")
+    p.add_argument(
+        "--backends",
+        default="torch,onnx-int4",
+        help="comma-separated: torch, torch-bfloat16, onnx-int4, onnx-int8, onnx-fp32, split-int4 (first is the baseline)",
+    )
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--tokens", type=int, default=1024, help="prompt length (default 1024)")
+    p.add_argument("--steps", type=int, default=32, help="decode steps (default 32)")
+    p.add_argument("--reps", type=int, default=3)
+    args = p.parse_args(argv)
+    resolved = resolve_model(args.model)
+    results: dict[str, Any] = {}
+    for name in args.backends.split(","):
+        kind, _, variant = name.partition("-")
+        print(f"{name}: loading", file=sys.stderr)
+        backend = load_backend(
+            resolved,
+            backend=kind,
+            device=args.device,
+            dtype=variant if kind == "torch" and variant else "auto",
+            precision=variant if kind in ("onnx", "split") and variant else "auto",
+        )
+        print(f"{name}: measuring ({backend.info.dtype})", file=sys.stderr)
+        results[name] = {"dtype": backend.info.dtype, **measure(backend, args.tokens, args.steps, args.reps)}
+        del backend
+    first = next(iter(results.values()))
+    for figures in results.values():
+        figures["vs_baseline"] = {
+            key: round(value / first[key], 3)
+            for key, value in figures.items()
+            if isinstance(value, float) and key in first and first[key]
+        }
+    print(
+        json.dumps(
+            {
+                "command": shlex.join(["python", "benchmarks/backend_speed.py", *(argv or sys.argv[1:])]),
+                "machine": {"cpu": cpu_name(), "cores": len(__import__("os").sched_getaffinity(0))},
+                "model": resolved.name,
+                "backends": results,
+            },
+            indent=2,
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,433 @@
+"""The backend protocol on onnxruntime: an exported model (models/onnx_export.py), weight-only
+int4/int8 quantized on the CPU, fp16 on CUDA through onnxruntime-gpu.
+
+The attention cache is one host buffer per layer for keys and one for values, with room for
+more tokens than it holds: the fused attention reads the first `len(tokens)` positions and
+writes the new ones in place (its past and present outputs bound to the same buffer), so a
+step copies nothing and truncating only shortens the length. Token-tree nodes (AdaDec's
+lookahead, beams) keep only their own one-token key/value slices and run as rows of one
+batch, each row its branch's path over the shared prefix, so sibling branches cost one
+forward per depth.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nextab.models.backend import Interrupted, ModelInfo, TokenStats
+from nextab.models.onnx_export import KEEP_INPUT
+from nextab.models.resolve import _read_marker
+
+log = logging.getLogger(__name__)
+
+_MIN_CAPACITY = 256  # cache buffers grow in steps of this many tokens (and by doubling)
+
+
+@dataclass
+class _Node:
+    token: int
+    parent: int
+    depth: int
+    keys: list[np.ndarray] = field(default_factory=list)  # per layer, (heads, 1, dim)
+    values: list[np.ndarray] = field(default_factory=list)
+
+
+@dataclass
+class OnnxCache:
+    # Per layer, (1, kv_heads, capacity, head_dim); the first len(tokens) positions are valid.
+    buffers_k: list[np.ndarray]
+    buffers_v: list[np.ndarray]
+    tokens: list[int] = field(default_factory=list)
+    tree: list[_Node] = field(default_factory=list)
+    bound: list[tuple[Any, Any]] = field(default_factory=list)  # onnxruntime views of the buffers
+
+    @property
+    def tree_size(self) -> int:
+        return len(self.tree)
+
+    @property
+    def capacity(self) -> int:
+        return self.buffers_k[0].shape[2]
+
+    @property
+    def keys(self) -> list[np.ndarray]:
+        """Per layer, the valid keys (views, not copies)."""
+        return [b[:, :, : len(self.tokens)] for b in self.buffers_k]
+
+    @property
+    def values(self) -> list[np.ndarray]:
+        return [b[:, :, : len(self.tokens)] for b in self.buffers_v]
+
+
+@dataclass
+class OnnxBatch:
+    # Rows run one after another: the exported attention takes right-aligned rows only, and a
+    # batch job is not the keystroke path (the torch backend batches them for throughput).
+    caches: list[OnnxCache] = field(default_factory=list)
+
+    @property
+    def rows(self) -> int:
+        return len(self.caches)
+
+
+def providers_for(device: str) -> tuple[list[Any], str]:
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if device.startswith("cuda"):
+        if "CUDAExecutionProvider" not in available:
+            raise RuntimeError(
+                "device is cuda but this onnxruntime has no CUDA execution provider: "
+                "pip install onnxruntime-gpu (instead of onnxruntime)"
+            )
+        index = int(device.partition(":")[2] or 0)
+        return [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"], device
+    if device not in ("cpu", "auto"):
+        raise RuntimeError(f"the onnxruntime backend runs on 'cpu' or 'cuda', not {device!r}")
+    return ["CPUExecutionProvider"], "cpu"
+
+
+class OnnxBackend:
+    def __init__(
+        self,
+        session: Any,
+        tokenizer: Any,
+        config: dict[str, Any],
+        name: str,
+        device: str,
+        precision: str = "unknown",
+    ) -> None:
+        self.session = session
+        self.tokenizer = tokenizer
+        self._special = dict(tokenizer.get_added_vocab())
+        names = {i.name for i in session.get_inputs()}
+        self._layers = sum(1 for n in names if n.startswith("past_key_values.") and n.endswith(".key"))
+        self._keep = KEEP_INPUT in names
+        past = next(i for i in session.get_inputs() if i.name == "past_key_values.0.key")
+        self._kv_heads = int(config.get("num_key_value_heads") or config["num_attention_heads"])
+        self._head_dim = int(
+            config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+        )
+        self._kv_dtype = np.float16 if "float16" in past.type else np.float32
+        self._outputs = [o.name for o in session.get_outputs()]
+        self.info = ModelInfo(
+            name=name,
+            model_type=str(config.get("model_type", "")),
+            device=device,
+            dtype=f"onnx-{precision}",
+            vocab_size=int(config["vocab_size"]),
+            eos_token_ids=frozenset(_eos_ids(config, tokenizer)),
+            max_context=int(config.get("max_position_embeddings", 32768)),
+        )
+
+    @classmethod
+    def load(cls, path: Path, name: str, device: str = "auto", threads: int | None = None) -> OnnxBackend:
+        import onnxruntime as ort
+        from transformers import AutoTokenizer
+
+        started = time.perf_counter()
+        providers, device = providers_for(device)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or _physical_cores()
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        session = ort.InferenceSession(str(path / "model.onnx"), options, providers=providers)
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+        marker = _read_marker(path) or {}
+        backend = cls(session, tokenizer, config, name, device, str(marker.get("precision", "unknown")))
+        log.info(
+            "loaded %s (onnxruntime, %s) on %s in %.1fs",
+            name,
+            backend.info.dtype,
+            device,
+            time.perf_counter() - started,
+        )
+        return backend
+
+    # --- tokens ----------------------------------------------------------------------------
+
+    def tokenize(self, text: str) -> list[int]:
+        if not text:
+            return []
+        return list(
+            self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        )
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(
+            list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False
+        )
+
+    def special_token_id(self, token: str) -> int | None:
+        return self._special.get(token)
+
+    # --- one sequence ----------------------------------------------------------------------
+
+    def _empty(self, rows: int = 1, length: int = 0) -> list[np.ndarray]:
+        shape = (rows, self._kv_heads, length, self._head_dim)
+        return [np.zeros(shape, dtype=self._kv_dtype) for _ in range(self._layers)]
+
+    def new_cache(self) -> OnnxCache:
+        return OnnxCache(self._empty(length=0), self._empty(length=0))
+
+    def reserve(self, cache: OnnxCache, length: int) -> None:
+        """Room for `length` tokens in the cache's buffers (grown by doubling, kept on
+        truncation: a document's prompt grows and shrinks by a few tokens per keystroke)."""
+        if length <= cache.capacity:
+            return
+        capacity = max(length, 2 * cache.capacity, _MIN_CAPACITY)
+        capacity = -(-capacity // _MIN_CAPACITY) * _MIN_CAPACITY
+        held = len(cache.tokens)
+        for buffers in (cache.buffers_k, cache.buffers_v):
+            for index, old in enumerate(buffers):
+                new = np.zeros((1, self._kv_heads, capacity, self._head_dim), dtype=self._kv_dtype)
+                new[:, :, :held] = old[:, :, :held]
+                buffers[index] = new
+        cache.bound = []
+
+    def _bound(self, cache: OnnxCache) -> list[tuple[Any, Any]]:
+        if not cache.bound:
+            from onnxruntime import OrtValue
+
+            # Views of the numpy buffers, not copies: what onnxruntime writes, the arrays hold.
+            cache.bound = [
+                (OrtValue.ortvalue_from_numpy(k), OrtValue.ortvalue_from_numpy(v))
+                for k, v in zip(cache.buffers_k, cache.buffers_v, strict=True)
+            ]
+        return cache.bound
+
+    def _run_in_place(self, cache: OnnxCache, tokens: Sequence[int], keep: int) -> np.ndarray:
+        """Run `tokens` after the cache, writing their keys and values into its buffers."""
+        held = len(cache.tokens)
+        self.reserve(cache, held + len(tokens))
+        binding = self.session.io_binding()
+        binding.bind_cpu_input("input_ids", np.array([list(tokens)], dtype=np.int64))
+        binding.bind_cpu_input("attention_mask", np.ones((1, held + len(tokens)), dtype=np.int64))
+        if self._keep:
+            binding.bind_cpu_input(KEEP_INPUT, np.array([keep], dtype=np.int64))
+        for layer, (k, v) in enumerate(self._bound(cache)):
+            binding.bind_ortvalue_input(f"past_key_values.{layer}.key", k)
+            binding.bind_ortvalue_input(f"past_key_values.{layer}.value", v)
+            binding.bind_ortvalue_output(f"present.{layer}.key", k)
+            binding.bind_ortvalue_output(f"present.{layer}.value", v)
+        binding.bind_output("logits")
+        self.session.run_with_iobinding(binding)
+        logits = binding.get_outputs()[-1].numpy()
+        if logits.dtype != np.float32:
+            logits = logits.astype(np.float32)
+        return logits[0, -keep:]
+
+    def _run(
+        self,
+        ids: np.ndarray,
+        keys: Sequence[np.ndarray],
+        values: Sequence[np.ndarray],
+        keep: int,
+    ) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
+        rows, count = ids.shape
+        past = keys[0].shape[2]
+        feed: dict[str, np.ndarray] = {
+            "input_ids": ids.astype(np.int64, copy=False),
+            "attention_mask": np.ones((rows, past + count), dtype=np.int64),
+        }
+        if self._keep:
+            feed[KEEP_INPUT] = np.array([keep], dtype=np.int64)
+        for layer in range(self._layers):
+            feed[f"past_key_values.{layer}.key"] = keys[layer]
+            feed[f"past_key_values.{layer}.value"] = values[layer]
+        out = dict(zip(self._outputs, self.session.run(None, feed), strict=True))
+        logits = out["logits"]
+        if logits.dtype != np.float32:
+            logits = logits.astype(np.float32)
+        new_keys = [out[f"present.{layer}.key"] for layer in range(self._layers)]
+        new_values = [out[f"present.{layer}.value"] for layer in range(self._layers)]
+        return logits[:, -keep:], new_keys, new_values
+
+    def forward(self, cache: OnnxCache, tokens: Sequence[int], every: bool = False) -> np.ndarray:
+        if not tokens:
+            raise ValueError("forward needs at least one new token")
+        cache.tree.clear()
+        logits = self._run_in_place(cache, tokens, len(tokens) if every else 1)
+        cache.tokens.extend(int(t) for t in tokens)
+        return logits if every else logits[-1]
+
+    def truncate(self, cache: OnnxCache, length: int) -> None:
+        cache.tree.clear()
+        # What lies past the new length is overwritten by the next tokens, never read.
+        del cache.tokens[max(length, 0) :]
+
+    # --- token trees -------------------------------------------------------------------------
+
+    def forward_tree(
+        self, cache: OnnxCache, tokens: Sequence[int], parents: Sequence[int]
+    ) -> np.ndarray:
+        if not tokens or len(tokens) != len(parents):
+            raise ValueError(f"{len(tokens)} tree tokens with {len(parents)} parents")
+        if not cache.tokens:
+            raise ValueError("a token tree needs at least one cached token to hang from")
+        tree = cache.tree
+        first = len(tree)
+        for token, parent in zip(tokens, parents, strict=True):
+            if not -1 <= parent < len(tree):
+                raise ValueError(f"parent {parent} is not an earlier node of the tree")
+            depth = 0 if parent < 0 else tree[parent].depth + 1
+            tree.append(_Node(int(token), parent, depth))
+        out = np.empty((len(tokens), self.info.vocab_size), dtype=np.float32)
+        new = list(range(first, len(tree)))
+        # A node's parent is computed before it: nodes of one depth run together, as rows.
+        for depth in sorted({tree[i].depth for i in new}):
+            level = [i for i in new if tree[i].depth == depth]
+            paths = [self._path(tree, i) for i in level]
+            prefix_k, prefix_v = cache.keys, cache.values
+            keys = [self._rows(prefix_k[layer], paths, tree, layer, "keys") for layer in range(self._layers)]
+            values = [self._rows(prefix_v[layer], paths, tree, layer, "values") for layer in range(self._layers)]
+            ids = np.array([[tree[i].token] for i in level], dtype=np.int64)
+            logits, present_k, present_v = self._run(ids, keys, values, 1)
+            for row, index in enumerate(level):
+                node = tree[index]
+                node.keys = [k[row, :, -1:].copy() for k in present_k]
+                node.values = [v[row, :, -1:].copy() for v in present_v]
+                out[index - first] = logits[row, -1]
+        return out
+
+    @staticmethod
+    def _path(tree: list[_Node], index: int) -> list[int]:
+        """The ancestors of node `index`, root side first, itself excluded."""
+        path = []
+        node = tree[index].parent
+        while node >= 0:
+            path.append(node)
+            node = tree[node].parent
+        return path[::-1]
+
+    @staticmethod
+    def _rows(
+        prefix: np.ndarray, paths: list[list[int]], tree: list[_Node], layer: int, kind: str
+    ) -> np.ndarray:
+        rows = []
+        for path in paths:
+            parts = [prefix[0]] + [getattr(tree[n], kind)[layer] for n in path]
+            rows.append(np.concatenate(parts, axis=1) if len(parts) > 1 else prefix[0])
+        return np.ascontiguousarray(np.stack(rows))
+
+    # --- batches -------------------------------------------------------------------------------
+
+    def new_batch(self) -> OnnxBatch:
+        return OnnxBatch()
+
+    def add_rows(self, batch: OnnxBatch, prompts: Sequence[Sequence[int]], chunk: int = 256) -> np.ndarray:
+        if not prompts or any(not prompt for prompt in prompts):
+            raise ValueError("add_rows needs at least one token in every prompt")
+        logits = []
+        for prompt in prompts:
+            cache = self.new_cache()
+            for start in range(0, len(prompt), chunk):
+                last = self.forward(cache, prompt[start : start + chunk])
+            batch.caches.append(cache)
+            logits.append(last)
+        return np.stack(logits)
+
+    def forward_batch(self, batch: OnnxBatch, tokens: Sequence[int]) -> np.ndarray:
+        if len(tokens) != batch.rows or not tokens:
+            raise ValueError(f"{len(tokens)} tokens for a batch of {batch.rows} rows")
+        return np.stack([self.forward(c, [t]) for c, t in zip(batch.caches, tokens, strict=True)])
+
+    def keep_rows(self, batch: OnnxBatch, rows: Sequence[int]) -> None:
+        batch.caches = [batch.caches[i] for i in rows]
+
+    # --- scoring --------------------------------------------------------------------------------
+
+    def token_logprobs(
+        self,
+        sequences: Sequence[Sequence[int]],
+        starts: Sequence[int],
+        should_stop: Callable[[], bool] | None = None,
+        chunk: int = 128,
+    ) -> list[np.ndarray]:
+        return [s[:, 0] for s in self._scored(sequences, starts, should_stop, chunk, stats=False)]
+
+    def token_stats(self, sequences: Sequence[Sequence[int]], starts: Sequence[int]) -> list[TokenStats]:
+        scored = self._scored(sequences, starts, None, 128, stats=True)
+        return [TokenStats(s[:, 0], s[:, 1], s[:, 2] > 0.5) for s in scored]
+
+    def _scored(
+        self,
+        sequences: Sequence[Sequence[int]],
+        starts: Sequence[int],
+        should_stop: Callable[[], bool] | None,
+        chunk: int,
+        *,
+        stats: bool,
+    ) -> list[np.ndarray]:
+        from nextab.models.torch_backend import check_scoring_args
+
+        check_scoring_args(sequences, starts)
+        results = []
+        for seq, start in zip(sequences, starts, strict=True):
+            cache = self.new_cache()
+            rows: list[np.ndarray] = []
+            for begin in range(0, len(seq) - 1, chunk):
+                if (begin or rows) and should_stop is not None and should_stop():
+                    raise Interrupted
+                end = min(begin + chunk, len(seq) - 1)
+                logits = self.forward(cache, seq[begin:end], every=True)
+                # Position p predicts token p + 1; only those from `start` on are scored.
+                lo = max(begin, start - 1)
+                if lo >= end:
+                    continue
+                part = logits[lo - begin :]
+                targets = np.array(seq[lo + 1 : end + 1])
+                rows.append(_score_rows(part, targets, stats))
+            width = 3 if stats else 1
+            results.append(np.concatenate(rows) if rows else np.zeros((0, width), np.float32))
+        return results
+
+
+def _score_rows(logits: np.ndarray, targets: np.ndarray, stats: bool) -> np.ndarray:
+    shifted = logits - logits.max(-1, keepdims=True)
+    logprobs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+    picked = logprobs[np.arange(len(targets)), targets]
+    if not stats:
+        return picked[:, None].astype(np.float32)
+    entropy = -(np.exp(logprobs) * logprobs).sum(-1)
+    top1 = (logprobs.argmax(-1) == targets).astype(np.float32)
+    return np.stack([picked, entropy, top1], axis=1).astype(np.float32)
+
+
+def _physical_cores() -> int:
+    # onnxruntime's own default spins one thread per logical core, which on a 2-core machine
+    # with hyper-threads or busy neighbours costs more than it gains.
+    count = os.cpu_count() or 1
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return count
+
+
+def _eos_ids(config: dict[str, Any], tokenizer: Any) -> set[int]:
+    ids: set[int] = set()
+    value = config.get("eos_token_id")
+    if isinstance(value, int):
+        ids.add(value)
+    elif isinstance(value, list):
+        ids.update(int(v) for v in value)
+    generation = Path(getattr(tokenizer, "name_or_path", "")) / "generation_config.json"
+    if generation.is_file():
+        extra = json.loads(generation.read_text(encoding="utf-8")).get("eos_token_id")
+        if isinstance(extra, int):
+            ids.add(extra)
+        elif isinstance(extra, list):
+            ids.update(int(v) for v in extra)
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    return ids
