@@ -95,6 +95,7 @@ class NextabServer(LanguageServer):
         self._history = EditHistory()
         self.indexing: tuple[int, int] | None = None  # files indexed, of how many
         self.last_latency_ms: float | None = None
+        self.last_source: str | None = None
         # The last completion served per document: its stage budget goes into the acceptance
         # log with the editor's report of what became of it.
         self.served: dict[str, Metrics] = {}
@@ -186,6 +187,8 @@ class NextabServer(LanguageServer):
             "decoding": self.config.decoding,
             "indexing": indexing,
             "lastLatencyMs": round(self.last_latency_ms, 1) if self.last_latency_ms is not None else None,
+            # "model" or "typed-ahead": where the last completion came from.
+            "lastSource": self.last_source,
             "acceptanceLog": str(self.acceptance.path) if self.config.acceptance_log else None,
         }
 
@@ -307,6 +310,7 @@ class NextabServer(LanguageServer):
             return None
         m = suggestion.metrics
         self.last_latency_ms = m.total_ms
+        self.last_source = m.source
         self.served[uri] = m
         log.info(
             "%s:%d:%d %s %.0f ms (%s; prompt %d, context %d, reused %d, new %d)",

@@ -377,6 +377,7 @@ async def test_status_and_the_acceptance_log(tiny_model_dir: Path, tmp_path: Pat
         status = await c.protocol.send_request_async("nextab/status", None)
         assert _get(status, "state") == "ready" and _get(status, "version")
         assert _get(status, "model", "device") == "cpu" and _get(status, "lastLatencyMs") > 0
+        assert _get(status, "lastSource") == "model"
         shown = {"textDocument": {"uri": URI}, "kind": "completion", "shownChars": 12}
         c.protocol.notify("nextab/suggestionOutcome", {**shown, "outcome": "accepted", "acceptedChars": 12, "latencyMs": 80})
         c.protocol.notify("nextab/suggestionOutcome", {**shown, "outcome": "partial", "acceptedChars": 5, "latencyMs": 120})
