@@ -401,8 +401,9 @@ async def test_status_and_the_acceptance_log(tiny_model_dir: Path, tmp_path: Pat
     # The server's own time per stage for the suggestion the outcomes are about.
     stages = python["server_ms"]
     assert set(stages) == {"context", "wait", "prefill", "decode", "post", "total"}
-    assert 0 < stages["prefill"]["p50"] <= stages["total"]["p50"]
-    assert stages["decode"]["p50"] + stages["prefill"]["p50"] <= stages["total"]["p50"]
+    # Rounded to 0.1 ms: a tiny model's pre-fill of a warmed prompt may round to 0.
+    assert stages["total"]["p50"] > 0 and stages["prefill"]["p50"] >= 0
+    assert stages["decode"]["p50"] + stages["prefill"]["p50"] <= stages["total"]["p50"] + 0.2
     assert python["typed_ahead_share"] == 0.0
     text = subprocess.run(
         [sys.executable, "-m", "nextab", "stats"],
