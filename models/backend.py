@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -149,6 +149,31 @@ class TokenStats:
 
 class Interrupted(Exception):
     """A scoring call gave up part-way because its caller asked it to stop."""
+
+
+class HfTokens:
+    """Tokens through a Hugging Face tokenizer (`self.tokenizer`, `self._special`): what the
+    torch and onnxruntime backends share."""
+
+    tokenizer: Any
+    _special: dict[str, int]
+
+    def tokenize(self, text: str) -> list[int]:
+        if not text:
+            return []
+        # split_special_tokens keeps "<|fim_prefix|>" typed in a user's file from becoming a
+        # control token: only the template may place those.
+        return list(
+            self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        )
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(
+            list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False
+        )
+
+    def special_token_id(self, token: str) -> int | None:
+        return self._special.get(token)
 
 
 def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from nextab.models.backend import Interrupted, ModelInfo, TokenStats
+from nextab.models.backend import HfTokens, Interrupted, ModelInfo, TokenStats
 from nextab.models.onnx_export import KEEP_INPUT
 from nextab.models.resolve import _read_marker
 
@@ -96,7 +96,7 @@ def providers_for(device: str) -> tuple[list[Any], str]:
     return ["CPUExecutionProvider"], "cpu"
 
 
-class OnnxBackend:
+class OnnxBackend(HfTokens):
     def __init__(
         self,
         session: Any,
@@ -153,23 +153,6 @@ class OnnxBackend:
             time.perf_counter() - started,
         )
         return backend
-
-    # --- tokens ----------------------------------------------------------------------------
-
-    def tokenize(self, text: str) -> list[int]:
-        if not text:
-            return []
-        return list(
-            self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
-        )
-
-    def detokenize(self, ids: Sequence[int]) -> str:
-        return self.tokenizer.decode(
-            list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False
-        )
-
-    def special_token_id(self, token: str) -> int | None:
-        return self._special.get(token)
 
     # --- one sequence ----------------------------------------------------------------------
 
@@ -326,16 +309,7 @@ class OnnxBackend:
         return OnnxBatch()
 
     def add_rows(self, batch: OnnxBatch, prompts: Sequence[Sequence[int]], chunk: int = 256) -> np.ndarray:
-        if not prompts or any(not prompt for prompt in prompts):
-            raise ValueError("add_rows needs at least one token in every prompt")
-        logits = []
-        for prompt in prompts:
-            cache = self.new_cache()
-            for start in range(0, len(prompt), chunk):
-                last = self.forward(cache, prompt[start : start + chunk])
-            batch.caches.append(cache)
-            logits.append(last)
-        return np.stack(logits)
+        return add_rows_one_by_one(self, batch, prompts, chunk)
 
     def forward_batch(self, batch: OnnxBatch, tokens: Sequence[int]) -> np.ndarray:
         if len(tokens) != batch.rows or not tokens:
@@ -391,6 +365,22 @@ class OnnxBackend:
             width = 3 if stats else 1
             results.append(np.concatenate(rows) if rows else np.zeros((0, width), np.float32))
         return results
+
+
+def add_rows_one_by_one(
+    backend: Any, batch: OnnxBatch, prompts: Sequence[Sequence[int]], chunk: int
+) -> np.ndarray:
+    """Pre-fill each prompt into a cache of its own, through `backend.forward`, as a new row."""
+    if not prompts or any(not prompt for prompt in prompts):
+        raise ValueError("add_rows needs at least one token in every prompt")
+    logits = []
+    for prompt in prompts:
+        cache = backend.new_cache()
+        for start in range(0, len(prompt), chunk):
+            last = backend.forward(cache, prompt[start : start + chunk])
+        batch.caches.append(cache)
+        logits.append(last)
+    return np.stack(logits)
 
 
 def _score_rows(logits: np.ndarray, targets: np.ndarray, stats: bool) -> np.ndarray:

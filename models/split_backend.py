@@ -18,7 +18,7 @@ import torch
 from transformers import DynamicCache
 
 from nextab.models.backend import ModelInfo, TokenStats
-from nextab.models.onnx_backend import OnnxBackend, OnnxCache
+from nextab.models.onnx_backend import OnnxBackend, OnnxCache, add_rows_one_by_one
 from nextab.models.torch_backend import TorchBackend
 
 # Fewer new tokens than this go to the decode runtime: a keystroke's few tokens cost less there.
@@ -65,14 +65,7 @@ class SplitBackend:
         return self.decode.new_batch()
 
     def add_rows(self, batch: Any, prompts: Sequence[Sequence[int]], chunk: int = 256) -> np.ndarray:
-        logits = []
-        for prompt in prompts:
-            cache = self.new_cache()
-            for start in range(0, len(prompt), chunk):
-                last = self.forward(cache, prompt[start : start + chunk])
-            batch.caches.append(cache)
-            logits.append(last)
-        return np.stack(logits)
+        return add_rows_one_by_one(self, batch, prompts, chunk)
 
     def forward_batch(self, batch: Any, tokens: Sequence[int]) -> np.ndarray:
         return self.decode.forward_batch(batch, tokens)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreTrainedTokenizerBase
 
-from nextab.models.backend import Interrupted, ModelInfo, TokenStats
+from nextab.models.backend import HfTokens, Interrupted, ModelInfo, TokenStats
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ class TorchBatch:
         return int(self.mask.shape[0])
 
 
-class TorchBackend:
+class TorchBackend(HfTokens):
     def __init__(
         self,
         model: Any,
@@ -115,23 +115,6 @@ class TorchBackend:
             time.perf_counter() - started,
         )
         return cls(model, tokenizer, name, device)
-
-    def tokenize(self, text: str) -> list[int]:
-        if not text:
-            return []
-        # split_special_tokens keeps "<|fim_prefix|>" typed in a user's file from becoming a
-        # control token: only the template may place those.
-        return list(
-            self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
-        )
-
-    def detokenize(self, ids: Sequence[int]) -> str:
-        return self.tokenizer.decode(
-            list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False
-        )
-
-    def special_token_id(self, token: str) -> int | None:
-        return self._special.get(token)
 
     def new_cache(self) -> TorchCache:
         return TorchCache(kv=DynamicCache(config=self.model.config))
