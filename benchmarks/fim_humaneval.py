@@ -90,6 +90,8 @@ class TaskResult:
     decoding: str = "greedy"
     paused_steps: int = 0
     evaluated_tokens: int = 0
+    drafted_tokens: int = 0  # prompt-lookup drafts checked (models/drafting.py)
+    accepted_tokens: int = 0  # and taken
 
 
 # --- tasks ------------------------------------------------------------------------------------
@@ -184,6 +186,8 @@ def run_task(
         decoding=getattr(getattr(engine, "config", None), "decoding", "greedy"),
         paused_steps=m.paused_steps,
         evaluated_tokens=m.evaluated_tokens,
+        drafted_tokens=m.drafted_tokens,
+        accepted_tokens=m.accepted_tokens,
     )
 
 
@@ -375,6 +379,14 @@ def summarise(results: Sequence[TaskResult]) -> dict[str, Any]:
                 / max(1, sum(r.generated_tokens for r in results)),
                 3,
             ),
+            # Prompt lookup: the share of drafted tokens the model took, and of generated
+            # tokens that came from taken drafts.
+            "draft_acceptance": round(
+                sum(r.accepted_tokens for r in results) / max(1, sum(r.drafted_tokens for r in results)), 4
+            ),
+            "accepted_per_token": round(
+                sum(r.accepted_tokens for r in results) / max(1, sum(r.generated_tokens for r in results)), 4
+            ),
         },
         "stop_reasons": dict(Counter(r.stop_reason for r in results)),
         "modes": dict(Counter(r.mode for r in results)),
@@ -452,6 +464,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="compare these strategies task by task in one run (default: the config's one)",
     )
     p.add_argument(
+        "--lookup",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="prompt-lookup drafts for completions (default on; --no-lookup: plain decoding)",
+    )
+    p.add_argument(
         "--oracle",
         action="store_true",
         help="score the canonical solutions instead of the model (checks the harness: all pass)",
@@ -515,6 +533,8 @@ def main(
 
         config = build_config(args)
         engine = (load_engine or Engine.load)(config)
+        if not args.lookup:
+            engine.lookup = None
         info = engine.backend.info
         engine_info = {"model": info.name, "device": info.device, "dtype": info.dtype}
         settings = to_settings(engine.config)

@@ -111,7 +111,10 @@ def cmd_complete(args: argparse.Namespace) -> int:
                     "device": info.device,
                     "dtype": info.dtype,
                     "load_ms": round((loaded - started) * 1000, 1),
-                    "metrics": {k: round(v, 1) for k, v in vars(suggestion.metrics).items()},
+                    "metrics": {
+                k: round(v, 1) if isinstance(v, float) else v
+                for k, v in vars(suggestion.metrics).items()
+            },
                 },
                 indent=2,
             )
