@@ -75,8 +75,9 @@ class PassCosts:
     """How long forward passes take on this backend, by tokens in the pass: what checking a
     draft costs, in one-token steps. Learned from the passes decoding makes (the median of the
     latest few of each size), since it differs by an order of magnitude between backends: on a
-    two-core CPU a pass of 2 tokens costs 1.1 steps with onnxruntime's int4 weights and 2.1 with
-    torch's float32 ones (whose 5..17-token passes cost 2.6..3.2 steps); on a GPU, about 1."""
+    two-core CPU a pass of 2 tokens costs 1.1-1.4 steps with onnxruntime's int4/int8 weights
+    (9 tokens: 2.0-3.8) and 2.1 with torch's float32 ones (5..17 tokens: 2.6..3.2); on a GPU
+    about 1 step whatever the size."""
 
     def __init__(self, window: int = 9) -> None:
         self.window = window
