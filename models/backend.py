@@ -20,6 +20,11 @@ class ModelInfo:
     vocab_size: int
     eos_token_ids: frozenset[int]
     max_context: int
+    # Whether a forward of k tokens gives the logits k one-token forwards give (up to float
+    # noise that never flips an argmax in practice): what makes checking drafted tokens in one
+    # pass exact. onnxruntime's int8-activation kernels round a k-token pass differently (up
+    # to ~0.3 in the logits), enough to flip near-ties.
+    exact_multi_token: bool = True
 
 
 class KVCache(Protocol):

@@ -127,6 +127,7 @@ class OnnxBackend(HfTokens):
             vocab_size=int(config["vocab_size"]),
             eos_token_ids=frozenset(_eos_ids(config, tokenizer)),
             max_context=int(config.get("max_position_embeddings", 32768)),
+            exact_multi_token=False,
         )
 
     @classmethod

@@ -40,6 +40,7 @@ class SplitBackend:
             vocab_size=info.vocab_size,
             eos_token_ids=info.eos_token_ids,
             max_context=info.max_context,
+            exact_multi_token=False,
         )
 
     # Everything but long forwards is the decode runtime's.

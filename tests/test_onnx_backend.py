@@ -226,3 +226,13 @@ def test_auto_takes_torch_for_a_model_onnxruntime_cannot_run(tiny_model_dir: Pat
     assert isinstance(load_backend(resolved, backend="auto", device="cpu"), TorchBackend)
     with pytest.raises(ValueError, match="multiple of 16"):
         load_backend(resolved, backend="onnx", device="cpu")
+
+
+def test_no_prompt_lookup_drafts_where_a_multi_token_pass_is_not_exact(models) -> None:
+    from nextab.config import Config
+    from nextab.engine import Engine
+
+    onnx, torch_backend, *_ = models
+    assert not onnx.info.exact_multi_token and torch_backend.info.exact_multi_token
+    assert Engine(Config(), onnx).lookup is None
+    assert Engine(Config(), torch_backend).lookup is not None
