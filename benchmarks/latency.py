@@ -93,6 +93,7 @@ import os
 import platform
 import random
 import shlex
+import statistics
 import sys
 import sysconfig
 import threading
@@ -961,6 +962,37 @@ def ratios(ours: dict[str, Any], peer: dict[str, Any] | None) -> dict[str, float
     return out
 
 
+def paired_ratios(
+    ours: Sequence[RequestRecord], peer: Sequence[RequestRecord]
+) -> dict[str, dict[str, Any]]:
+    """Per warm category, our p50 over the peer's on the same requests: those both sides
+    waited for and computed with the model (neither continued a previous answer). The
+    `fresh_` figures compare whichever requests each side computed, which differ (the server
+    serves more of them from typed-ahead, and the ones left are the longer answers)."""
+    out: dict[str, dict[str, Any]] = {}
+    for category in ("warm_single", "warm_multi"):
+
+        def computed(records: Sequence[RequestRecord], category: str = category) -> dict:
+            return {
+                (r.place, r.step): r.latency_ms
+                for r in records
+                if r.category == category and r.waited and not r.continues
+                and r.outcome == "answered" and r.latency_ms is not None
+            }  # fmt: skip
+
+        a, b = computed(ours), computed(peer)
+        both = sorted(a.keys() & b.keys())
+        if both:
+            mine, theirs = [a[k] for k in both], [b[k] for k in both]
+            out[category] = {
+                "n": len(both),
+                "p50_ms": round(statistics.median(mine), 1),
+                "peer_p50_ms": round(statistics.median(theirs), 1),
+                "ratio": round(statistics.median(mine) / statistics.median(theirs), 3),
+            }
+    return out
+
+
 def targets(ours: dict[str, Any], peer: dict[str, Any] | None) -> dict[str, bool | None]:
     """The issue's targets on `latency_ms`; the `fresh_` ones hold the warm targets to the
     requests that did not continue the previous answer (what the model computed)."""
@@ -1133,6 +1165,7 @@ async def run_all(args: argparse.Namespace) -> dict[str, Any]:
 
     records: list[RequestRecord] = []
     servers: dict[str, dict[str, Any]] = {}
+    by_config: dict[str, list[RequestRecord]] = {}
     for name, options in configs.items():
         print(f"latency: [{name}] starting the server", file=sys.stderr, flush=True)
         try:
@@ -1143,6 +1176,7 @@ async def run_all(args: argparse.Namespace) -> dict[str, Any]:
             servers[name] = {"initialization_options": options, "error": str(error)}
             continue
         records += got
+        by_config[name] = got
         servers[name] = {
             "initialization_options": options,
             "server": info,
@@ -1159,6 +1193,7 @@ async def run_all(args: argparse.Namespace) -> dict[str, Any]:
         if "error" in entry:
             continue
         entry["ratio_to_peer_p50"] = ratios(entry["summary"], peer_summary)
+        entry["paired_with_peer"] = paired_ratios(by_config[name], peer_records)
         entry["targets"] = targets(entry["summary"], peer_summary)
     if args.out:
         with open(args.out, "w", encoding="utf-8") as f:

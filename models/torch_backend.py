@@ -12,8 +12,15 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    DynamicCache,
+    PreTrainedTokenizerBase,
+    StaticCache,
+)
 
+from nextab.models import static_decode
 from nextab.models.backend import HfTokens, Interrupted, ModelInfo, TokenStats
 
 log = logging.getLogger(__name__)
@@ -53,11 +60,13 @@ def pick_dtype(requested: str, device: str) -> torch.dtype:
 
 @dataclass
 class TorchCache:
-    kv: DynamicCache
+    kv: DynamicCache | StaticCache
     tokens: list[int] = field(default_factory=list)
     # Token-tree nodes in `kv` after `tokens` (Backend.forward_tree): parent and depth of each.
     tree_parents: list[int] = field(default_factory=list)
     tree_depths: list[int] = field(default_factory=list)
+    # The captured decode step over `kv` (static caches only; a grown cache needs a new one).
+    step: static_decode.GraphedStep | None = None
 
     @property
     def tree_size(self) -> int:
@@ -81,10 +90,19 @@ class TorchBackend(HfTokens):
         tokenizer: PreTrainedTokenizerBase,
         name: str,
         device: str,
+        static: bool | None = None,
+        capture: static_decode.Capture | None = None,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.device = torch.device(device)
+        # On CUDA a decode step is launch-bound: static caches and captured graphs (see
+        # models/static_decode.py). On a CPU a step is bound by reading the weights, and
+        # dynamic caches waste no attention on empty slots.
+        self.static = self.device.type == "cuda" if static is None else static
+        if capture is None and self.device.type == "cuda":
+            capture = static_decode.capture_cuda_graph
+        self._capture = capture
         self._special = dict(tokenizer.get_added_vocab())
         config = model.config
         text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
@@ -107,6 +125,9 @@ class TorchBackend(HfTokens):
         model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype)
         model.to(device)
         model.eval()
+        backend = cls(model, tokenizer, name, device)
+        if backend.static:
+            backend.warm_up()
         log.info(
             "loaded %s on %s as %s in %.1fs",
             name,
@@ -114,10 +135,31 @@ class TorchBackend(HfTokens):
             torch_dtype,
             time.perf_counter() - started,
         )
-        return cls(model, tokenizer, name, device)
+        return backend
 
+    @torch.inference_mode()
+    def warm_up(self) -> None:
+        """Run each kind of step once, so that the first request does not pay for CUDA's
+        lazy start (kernels, cuBLAS handles, the first graph capture)."""
+        cache = self.new_cache()
+        ids = self.tokenize("def warm_up(x):\n    return x + 1\n") or [0]
+        self.forward(cache, ids)
+        for token in ids[:3]:
+            self.forward(cache, [token])
+        self.forward_tree(cache, ids[:2], [-1, -1])
+        self.truncate(cache, 0)
+
+    @torch.inference_mode()  # a static cache's tensors are then changed in place in it only
     def new_cache(self) -> TorchCache:
+        if self.static:
+            return TorchCache(kv=static_decode.new_static_cache(self.model, static_decode.MIN_CAPACITY))
         return TorchCache(kv=DynamicCache(config=self.model.config))
+
+    def _reserve(self, cache: TorchCache, length: int) -> None:
+        if isinstance(cache.kv, StaticCache):
+            kv = static_decode.grown(self.model, cache.kv, length)
+            if kv is not cache.kv:
+                cache.kv, cache.step = kv, None
 
     @torch.inference_mode()
     def forward(self, cache: TorchCache, tokens: Sequence[int], every: bool = False) -> np.ndarray:
@@ -125,6 +167,11 @@ class TorchBackend(HfTokens):
             raise ValueError("forward needs at least one new token")
         self._drop_tree(cache)
         start = len(cache.tokens)
+        self._reserve(cache, start + len(tokens))
+        if len(tokens) == 1 and not every and self._capture is not None and cache.step is not None:
+            logits = cache.step(int(tokens[0]), start)
+            cache.tokens.append(int(tokens[0]))
+            return logits.float().cpu().numpy()
         ids = torch.tensor([list(tokens)], dtype=torch.long, device=self.device)
         positions = torch.arange(start, start + len(tokens), device=self.device)
         out = self.model(
@@ -136,9 +183,22 @@ class TorchBackend(HfTokens):
             logits_to_keep=0 if every else 1,
         )
         cache.tokens.extend(int(t) for t in tokens)
+        if len(tokens) == 1 and isinstance(cache.kv, StaticCache):
+            # This eager step was the warm-up at this shape: the next ones replay a graph.
+            self._capture_step(cache)
         if every:
             return out.logits[0].float().cpu().numpy()
         return out.logits[0, -1].float().cpu().numpy()
+
+    def _capture_step(self, cache: TorchCache) -> None:
+        if self._capture is None or cache.step is not None:
+            return
+        assert isinstance(cache.kv, StaticCache)
+        try:
+            cache.step = static_decode.GraphedStep(self.model, cache.kv, self._capture)
+        except Exception as error:  # a model whose step cannot be captured still decodes
+            log.warning("decode steps run eagerly: capturing one failed (%s)", error)
+            self._capture = None
 
     @torch.inference_mode()
     def forward_tree(
@@ -157,9 +217,14 @@ class TorchBackend(HfTokens):
             depths.append(0 if parent < 0 else depths[parent] + 1)
             all_parents.append(parent)
         count = len(tokens)
+        self._reserve(cache, committed + before + count)
+        # A static cache's attention reads all its slots, the empty ones masked like the rest.
+        width = committed + before + count
+        if isinstance(cache.kv, StaticCache):
+            width = static_decode.capacity(cache.kv)
         # Additive mask: the cached tokens and each node's ancestors (and itself) are visible.
         blocked = torch.finfo(self.model.dtype).min
-        mask = torch.full((count, committed + before + count), blocked, dtype=self.model.dtype)
+        mask = torch.full((count, width), blocked, dtype=self.model.dtype)
         mask[:, :committed] = 0
         for row in range(count):
             node = before + row
@@ -186,11 +251,13 @@ class TorchBackend(HfTokens):
             cache.tree_parents.clear()
             cache.tree_depths.clear()
 
+    @torch.inference_mode()
     def truncate(self, cache: TorchCache, length: int) -> None:
         self._drop_tree(cache)
         if length >= len(cache.tokens):
             return
-        if length <= 0:
+        length = max(length, 0)
+        if not length and not isinstance(cache.kv, StaticCache):
             cache.kv = DynamicCache(config=self.model.config)
             cache.tokens.clear()
             return

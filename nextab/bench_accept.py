@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import functools
 import hashlib
 import json
@@ -73,6 +74,9 @@ BASE_OPTIONS: dict[str, Any] = {
     "context": {"persist": False},
 }
 INDEX_WAIT_S = 600  # the most a workspace's indexing is waited for before the replay starts
+# Loading may convert and export the model first (minutes on 2 cores), but a server that never
+# gets there must not hang the benchmark.
+LOAD_WAIT_S = 1800
 # Folders a plain walk (outside git) never enters: dependencies and environments.
 SKIP_DIRS = frozenset({"node_modules", "venv", "env", "virtualenv", "__pycache__", "site-packages"})
 _EXTENSIONS = {ext: spec.name for spec in SPECS for ext in spec.extensions}
@@ -600,14 +604,22 @@ class LspServer:
 
     async def _wait_ready(self, errors: list[str]) -> None:
         """Wait for the model, then one untimed request, so no latency counts loading."""
+        deadline = time.monotonic() + LOAD_WAIT_S
         while True:
-            status = await self.client.protocol.send_request_async("nextab/status", None)
+            left = deadline - time.monotonic()
+            status = None
+            if left > 0:
+                request = self.client.protocol.send_request_async("nextab/status", None)
+                with contextlib.suppress(TimeoutError):
+                    status = await asyncio.wait_for(request, timeout=min(left, 60))
             state = _get(status, "state")
             if state == "ready":
                 break
-            if state == "failed" or self.client._server.returncode is not None:
+            if left <= 0 or state == "failed" or self.client._server.returncode is not None:
                 await self.stop()
                 message = "; ".join(errors) or _get(status, "error") or "\n".join(self.stderr_tail)
+                if left <= 0:
+                    message = f"not ready after {LOAD_WAIT_S} s ({message or 'no error reported'})"
                 raise BenchError(f"the server could not load the model: {message}")
             await asyncio.sleep(0.2)
         uri = Path(os.getcwd(), "nextab-bench-warmup.py").as_uri()

@@ -593,3 +593,32 @@ def test_a_workspace_is_indexed_first_and_nothing_persists(
     }
     assert result["configs"]["bm25"]["overall"]["triggers"] > 0
     assert not (cache / "workspaces").exists()
+
+
+def test_a_server_that_never_gets_ready_ends_the_wait(monkeypatch) -> None:
+    from collections import deque
+    from types import SimpleNamespace
+
+    stopped = []
+
+    class Loading:
+        def send_request_async(self, method: str, params: Any) -> asyncio.Future:
+            future = asyncio.get_running_loop().create_future()
+            future.set_result({"state": "loading"})
+            return future
+
+    async def check() -> None:
+        client = SimpleNamespace(protocol=Loading(), _server=SimpleNamespace(returncode=None))
+        drain = asyncio.create_task(asyncio.sleep(0))
+        server = ba.LspServer(client, deque(["converting the model"]), drain)
+
+        async def stop() -> None:
+            stopped.append(True)
+
+        monkeypatch.setattr(server, "stop", stop)
+        with pytest.raises(ba.BenchError, match="not ready after 1 s"):
+            await server._wait_ready([])
+
+    monkeypatch.setattr(ba, "LOAD_WAIT_S", 1)
+    asyncio.run(check())
+    assert stopped == [True]

@@ -201,6 +201,28 @@ def test_continuations_are_the_last_answer_less_what_was_typed() -> None:
     assert [r.continues for r in records] == [False, False, True]  # "it" typed since "items:"
 
 
+def test_paired_ratios_compare_the_same_model_computed_requests() -> None:
+    def record(config: str, step: int, ms: float, **kw: Any) -> Any:
+        fields = {"category": "warm_single", "waited": True, "continues": False, **kw}
+        return bench.RequestRecord(
+            config=config, place="a.py:1", step=step, kind="completion", prompt_tokens=10,
+            sent_s=0.0, outcome="answered", latency_ms=ms, in_time=False, **fields,
+        )  # fmt: skip
+
+    ours = [
+        record("s", 1, 100.0),
+        record("s", 2, 5.0, continues=True),  # typed-ahead: not the model's work
+        record("s", 3, 300.0),
+        record("s", 4, 200.0),
+        record("s", 5, 50.0, waited=False),  # overtaken by a keystroke
+    ]
+    peer = [record("p", 1, 400.0), record("p", 2, 900.0), record("p", 3, 500.0), record("p", 5, 10.0)]
+    paired = bench.paired_ratios(ours, peer)
+    # Steps 1 and 3 only: 2 continued on our side, 4 has no peer answer, 5 was not waited for.
+    assert paired == {"warm_single": {"n": 2, "p50_ms": 200.0, "peer_p50_ms": 450.0, "ratio": 0.444}}
+    assert bench.paired_ratios(ours[1:2], peer) == {}
+
+
 def test_configurations_from_backends_and_configs() -> None:
     assert list(bench.make_configs(None, None)) == ["torch"]
     configs = bench.make_configs("torch,onnx", ['short={"maxTokens": 8}'])

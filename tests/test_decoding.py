@@ -38,8 +38,34 @@ def lively(tiny_backend):
     return TorchBackend(model, tokenizer, "lively", "cpu")
 
 
-@pytest.fixture(params=["tiny", "lively"])
-def backend(request, tiny_backend, lively):
+class ReplayByRerun:
+    """A CUDA graph's contract on a CPU: `capture(step)` gives a replay that reruns `step`,
+    which reads its inputs from the tensors it closed over (as a graph reads fixed addresses)."""
+
+    def __init__(self) -> None:
+        self.captures = 0
+        self.replays = 0
+
+    def __call__(self, step):
+        self.captures += 1
+
+        def replay():
+            self.replays += 1
+            return step()
+
+        return replay
+
+
+@pytest.fixture(params=["tiny", "lively", "static"])
+def backend(request, tiny_backend, lively, monkeypatch):
+    if request.param == "static":
+        # The GPU path on the CPU: a static cache small enough to grow in every test, and
+        # decode steps replayed through the captured-step machinery.
+        from nextab.models import static_decode
+        from nextab.models.torch_backend import TorchBackend
+
+        monkeypatch.setattr(static_decode, "MIN_CAPACITY", 16)
+        return TorchBackend(lively.model, lively.tokenizer, "static", "cpu", static=True, capture=ReplayByRerun())
     return tiny_backend if request.param == "tiny" else lively
 
 
