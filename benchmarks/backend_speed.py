@@ -18,6 +18,7 @@ import shlex
 import statistics
 import sys
 import sysconfig
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,35 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor()
+
+
+# The real models' shapes, for timing where their weights are not at hand (a GPU machine with
+# no network): a step's time does not depend on the weights' values.
+SHAPES: dict[str, dict[str, Any]] = {
+    "0.5b": {"hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24,
+             "num_attention_heads": 14, "num_key_value_heads": 2},
+    "1.5b": {"hidden_size": 1536, "intermediate_size": 8960, "num_hidden_layers": 28,
+             "num_attention_heads": 12, "num_key_value_heads": 2},
+}  # fmt: skip
+
+
+def random_model_dir(shape: str, path: Path) -> Path:
+    """A Qwen2.5-Coder-shaped model with random weights and the tests' small tokenizer."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tests.tiny import build_tokenizer
+
+    torch.manual_seed(0)
+    tokenizer = build_tokenizer()
+    config = Qwen2Config(
+        vocab_size=151936, max_position_embeddings=32768, rope_theta=1000000.0,
+        tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id, **SHAPES[shape],
+    )  # fmt: skip
+    Qwen2ForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
 
 
 def prompt_ids(backend: Backend, tokens: int) -> list[int]:
@@ -94,6 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="embedded")
     p.add_argument(
+        "--random-shape", choices=sorted(SHAPES),
+        help="time a model of this real shape with random weights instead of --model",
+    )  # fmt: skip
+    p.add_argument(
         "--backends",
         default="torch,onnx-int4",
         help="comma-separated: torch, torch-bfloat16, onnx-int4, onnx-int8, onnx-fp32, split-int4 (first is the baseline)",
@@ -103,7 +137,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=32, help="decode steps (default 32)")
     p.add_argument("--reps", type=int, default=3)
     args = p.parse_args(argv)
-    resolved = resolve_model(args.model)
+    scratch = tempfile.TemporaryDirectory(prefix="nextab-random-")
+    if args.random_shape:
+        folder = random_model_dir(args.random_shape, Path(scratch.name) / f"qwen2.5-coder-{args.random_shape}-random")
+        resolved = resolve_model(str(folder))
+    else:
+        resolved = resolve_model(args.model)
     results: dict[str, Any] = {}
     for name in args.backends.split(","):
         kind, _, variant = name.partition("-")
