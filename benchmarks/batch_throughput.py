@@ -66,12 +66,13 @@ def main() -> None:
     parser.add_argument("--model", default="embedded")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--backend", default="auto", help="auto, torch, onnx or split")
     parser.add_argument("--max-tokens", type=int, default=48)
     parser.add_argument("--data-dir")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     config, messages = load({"model": args.model, "device": args.device, "dtype": args.dtype,
-                             "maxTokens": args.max_tokens})
+                             "backend": args.backend, "maxTokens": args.max_tokens})
     for message in messages:
         print(message, file=sys.stderr)
     engine = Engine.load(config)
