@@ -4,6 +4,7 @@ real model is measured in tests/test_real_model.py and benchmarks/onnx_agreement
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -231,8 +232,37 @@ def test_auto_takes_torch_for_a_model_onnxruntime_cannot_run(tiny_model_dir: Pat
 def test_no_prompt_lookup_drafts_where_a_multi_token_pass_is_not_exact(models) -> None:
     from nextab.config import Config
     from nextab.engine import Engine
+    from nextab.models.onnx_backend import OnnxBackend
 
-    onnx, torch_backend, *_ = models
-    assert not onnx.info.exact_multi_token and torch_backend.info.exact_multi_token
-    assert Engine(Config(), onnx).lookup is None
+    onnx, torch_backend, _, exported = models
+    assert onnx.info.exact_multi_token and torch_backend.info.exact_multi_token  # fp32 both
+    config = json.loads((exported.path / "config.json").read_text())
+    quantized = OnnxBackend(onnx.session, onnx.tokenizer, config, "tiny-int8", "cpu", "int8")
+    assert not quantized.info.exact_multi_token
+    assert Engine(Config(), quantized).lookup is None
+    assert Engine(Config(), onnx).lookup is not None
     assert Engine(Config(), torch_backend).lookup is not None
+
+
+def test_drafted_decoding_equals_greedy_on_onnxruntime(models) -> None:
+    from nextab.models.decoding import NEVER_CANCELLED, DecodeParams, GreedyDecoder
+    from nextab.models.drafting import Lookup, Recycled
+
+    onnx, *_ = models
+
+    def decode(**extra):
+        params = DecodeParams(max_tokens=24, stop_ids=frozenset(), **extra)
+        return GreedyDecoder().decode(onnx, onnx.new_cache(), ids, params, NEVER_CANCELLED)
+
+    checked = 0
+    for prompt in PROMPTS:
+        ids = onnx.tokenize(prompt * 3)  # repeats for prompt lookup to find
+        plain = decode()
+        # A rewrite's draft (what it copies), one token off in the middle; and prompt lookup.
+        draft = (*plain.tokens[:6], (plain.tokens[6] + 1) % onnx.info.vocab_size, *plain.tokens[7:])
+        # Lookup without the cost cut, which on this tiny model would rightly draft nothing.
+        drafted, looked = decode(draft=draft), decode(lookup=Lookup(min_ngram=1, recycled=Recycled(order=4)))
+        assert drafted.tokens == plain.tokens and looked.tokens == plain.tokens, prompt
+        assert drafted.drafted_tokens > 0
+        checked += looked.drafted_tokens
+    assert checked > 0
