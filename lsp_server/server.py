@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -46,6 +48,11 @@ _REINDEX_DELAY_S = 0.75
 # How long a completion the client cancelled keeps running, waiting for the next keystroke's
 # request to take it over: editors cancel the old request and send the new one together.
 _ADOPT_S = 0.1
+# How often the editor's process (initialize's processId) is looked for: an editor that crashes
+# or is killed sends no shutdown, and its server must not outlive it.
+_PARENT_POLL_S = 0.25
+# What saving the edit history and index may take when the editor is gone, before exiting anyway.
+_SAVE_ON_EXIT_S = 0.6
 
 # Settings that need the model reloaded when they change.
 _MODEL_KEYS = ("model", "device", "dtype", "backend", "precision")
@@ -456,6 +463,11 @@ def create_server(config: Config, engine_factory: EngineFactory = Engine.load) -
     def initialize(ls: NextabServer, params: types.InitializeParams) -> None:
         ls.config, ls.config_messages = load(params.initialization_options, base=ls.config)
         ls.workspace_root = _workspace_root(params)
+        pid = params.process_id
+        if pid is not None and pid != os.getpid() and os.name == "posix":
+            threading.Thread(
+                target=_exit_with_editor, args=(ls, pid), name="nextab-editor-watch", daemon=True
+            ).start()
 
     @server.feature(types.INITIALIZED)
     def initialized(ls: NextabServer, params: types.InitializedParams) -> None:
@@ -623,6 +635,34 @@ def create_server(config: Config, engine_factory: EngineFactory = Engine.load) -
         ls.model_thread.shutdown(wait=False, cancel_futures=True)
 
     return server
+
+
+def _exit_with_editor(ls: NextabServer, pid: int) -> None:
+    while _alive(pid):
+        time.sleep(_PARENT_POLL_S)
+    log.warning("the editor (process %d) is gone: saving and exiting", pid)
+    saver = threading.Thread(target=_save_workspace, args=(ls,), daemon=True)
+    saver.start()
+    saver.join(_SAVE_ON_EXIT_S)
+    os._exit(0)  # the event loop may be blocked on stdin, which a dead editor may never close
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # POSIX only: on Windows signal 0 is CTRL_C_EVENT
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process: it exists
+    return True
+
+
+def _save_workspace(ls: NextabServer) -> None:
+    try:
+        if ls.workspace() is not None:  # then the engine is loaded
+            ls.engine_future.result().close_workspace()  # type: ignore[union-attr]
+    except Exception:
+        log.exception("saving the workspace on exit failed")
 
 
 def _offset(doc: Document, position: types.Position) -> int:

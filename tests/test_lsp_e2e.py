@@ -28,7 +28,9 @@ class Client(LanguageClient):
         self.logs: list[str] = []
 
 
-async def _start(model_dir: Path, options: dict[str, Any], env: dict[str, str] | None = None) -> Client:
+async def _start(
+    model_dir: Path, options: dict[str, Any], env: dict[str, str] | None = None, process_id: int | None = None
+) -> Client:
     client = Client()
 
     @client.feature(types.WINDOW_SHOW_MESSAGE)
@@ -47,7 +49,7 @@ async def _start(model_dir: Path, options: dict[str, Any], env: dict[str, str] |
         types.InitializeParams(
             capabilities=types.ClientCapabilities(),
             initialization_options=options,
-            process_id=None,
+            process_id=process_id,
         )
     )
     client.server_info = result
@@ -188,6 +190,24 @@ async def test_shutdown_and_exit(tiny_model_dir: Path) -> None:
     assert process is not None
     code = await asyncio.wait_for(process.wait(), 10)
     assert code == 0
+    await c.stop()
+
+
+@pytest.mark.skipif(os.name != "posix", reason="the editor's process is watched on POSIX")
+async def test_the_server_exits_when_the_editor_process_is_gone(tiny_model_dir: Path) -> None:
+    editor = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        c = await _start(tiny_model_dir, {}, process_id=editor.pid)
+        _open(c)
+        assert await c.text_document_inline_completion_async(_inline(5, 11)) is not None
+        # An editor killed outright: no shutdown, no exit, and (here) stdin left open.
+        editor.kill()
+        editor.wait()
+        process = c._server
+        assert process is not None
+        assert await asyncio.wait_for(process.wait(), 10) == 0
+    finally:
+        editor.kill()
     await c.stop()
 
 
