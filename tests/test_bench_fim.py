@@ -3,32 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
 from nextab.config import Config
 from nextab.engine import Engine
 from nextab.models.drafting import engine_lookup
+from tests.scripts import load_benchmark
 
-_SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "fim_humaneval.py"
-
-
-def _load_bench() -> ModuleType:
-    # benchmarks/ is a folder of scripts, not a package: load the file itself.
-    spec = importlib.util.spec_from_file_location("fim_humaneval", _SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve their annotations through it
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load_bench()
+bench = load_benchmark("fim_humaneval.py", "fim_humaneval")
 
 _DATA = bench.data_dir()
 needs_data = pytest.mark.skipif(

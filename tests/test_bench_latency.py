@@ -5,34 +5,20 @@ tiny random-weight model (no peer)."""
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import itertools
 import json
 import sys
 import threading
 import time
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 
 from nextab.context.document import Document
+from tests.scripts import load_benchmark
 
-_SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "latency.py"
-
-
-def _load_bench() -> ModuleType:
-    # benchmarks/ is a folder of scripts, not a package: load the file itself.
-    spec = importlib.util.spec_from_file_location("bench_latency", _SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve their annotations through it
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load_bench()
+bench = load_benchmark("latency.py", "bench_latency")
 
 SOURCE = """import os
 

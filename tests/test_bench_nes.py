@@ -3,31 +3,16 @@
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import json
-import sys
-from pathlib import Path
-from types import ModuleType
 
 import pytest
 
 from nextab.config import NextEditConfig
 from nextab.context.edits import Proposal
 from nextab.nextedit import NextEditRequest, predict
+from tests.scripts import load_benchmark
 
-_SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "next_edit.py"
-
-
-def _load_bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("next_edit_bench", _SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load_bench()
+bench = load_benchmark("next_edit.py", "next_edit_bench")
 needs_data = pytest.mark.skipif(not bench.DEFAULT_DATA.exists(), reason=f"no data at {bench.DEFAULT_DATA}")
 
 BEFORE = "def f(a):\n    return a\n\n\nx = compute(items)\ny = 2 * compute(items)\n"
