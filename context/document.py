@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -95,32 +96,38 @@ class Document:
 
     def _set_text(self, text: str) -> None:
         self._text = text
-        self._line_starts = line_starts(text)
+        self._line_starts = lsp_line_starts(text)
 
     def _splice(self, start: int, end: int, new: str) -> None:
         """Replace text[start:end] and patch the line index instead of rebuilding it.
 
         Lines before the edit keep their starts, the edit's own lines are rescanned, and the
-        starts after it shift by the change in length (a list shift, no text scan).
+        starts after it shift by the change in length (a list shift, no text scan). Whether
+        a position starts a line depends on the character before it and, after a \r, on the
+        one at it (\r\n is one line end): so a start at `start` itself is rescanned too, and
+        starts after `end` depend only on text the edit kept.
         """
         starts = self._line_starts
-        first = bisect.bisect_right(starts, start)  # starts[:first] are at or before `start`
+        # starts[:first] are before `start` (and the first line's start at 0 stays).
+        first = max(1, bisect.bisect_left(starts, start))
         last = bisect.bisect_right(starts, end)  # starts[last:] are after the old text's edit
         delta = len(new) - (end - start)
-        inserted = [start + s for s in line_starts(new)[1:]]
+        self._text = text = self._text[:start] + new + self._text[end:]
+        rescanned = _starts_between(text, start, start + len(new))
         shifted = [s + delta for s in starts[last:]] if delta else starts[last:]
-        # A start in (start, end] was a line the edit removed; it is gone with the old text.
-        starts[first:] = inserted + shifted
-        self._text = self._text[:start] + new + self._text[end:]
+        starts[first:] = rescanned + shifted
 
     @property
     def line_count(self) -> int:
         return len(self._line_starts)
 
     def line(self, number: int) -> str:
+        """The text of a line, without its line end."""
         start = self._line_starts[number]
-        end = self._line_starts[number + 1] - 1 if number + 1 < len(self._line_starts) else len(self._text)
-        return self._text[start:end]
+        if number + 1 >= len(self._line_starts):
+            return self._text[start:]
+        end = self._line_starts[number + 1]
+        return self._text[start : end - (2 if self._text.startswith("\r\n", end - 2) else 1)]
 
     def offset_at(self, position: Position, *, clamp: bool = False) -> int:
         """String index of an LSP position.
@@ -142,6 +149,8 @@ class Document:
 
     def position_at(self, offset: int) -> Position:
         offset = max(0, min(offset, len(self._text)))
+        if self._text.startswith("\r\n", offset - 1) and offset > 0:
+            offset -= 1  # between the two characters of one line end: no position, its start
         line = bisect.bisect_right(self._line_starts, offset) - 1
         start = self._line_starts[line]
         return Position(line, column_length(self._text[start:offset], self.encoding))
@@ -170,6 +179,24 @@ def split_lines(text: str) -> list[str]:
     if parts[-1]:
         lines.append(parts[-1])
     return lines
+
+
+# The LSP's line ends (the spec's "\n", "\r\n" and "\r"): positions from an editor count a lone
+# \r as a line break, so the document must too or every line after one would be off.
+_LSP_LINE_END = re.compile(r"\r\n?|\n")
+
+
+def lsp_line_starts(text: str) -> list[int]:
+    """Where each line starts, as LSP positions count lines."""
+    return [0, *(m.end() for m in _LSP_LINE_END.finditer(text))]
+
+
+def _starts_between(text: str, lo: int, hi: int) -> list[int]:
+    """The line starts in [lo, hi] of `text` (lo > 0 or the start at 0 is left out)."""
+    # One character either side: a \r\n pair across either bound is a single line end.
+    begin = max(lo - 1, 0)
+    found = (m.end() for m in _LSP_LINE_END.finditer(text, begin, hi + 1))
+    return [s for s in found if lo <= s <= hi]
 
 
 def line_starts(text: str) -> list[int]:

@@ -13,12 +13,10 @@ thread, so both go through one lock.
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from difflib import SequenceMatcher
 from pathlib import Path, PurePosixPath
@@ -28,12 +26,15 @@ from urllib.parse import unquote, urlsplit
 import msgpack
 
 from nextab.context.document import line_starts, split_lines
+from nextab.context.secrets import is_secret_uri
 from nextab.context.syntax import changed_span
+from nextab.storage import HEADER_BYTES, RECORD_OVERHEAD, load_records, pack_records, write_atomic
 
 log = logging.getLogger(__name__)
 
-FORMAT = "nextab.edit-history"
-FORMAT_VERSION = 1
+FORMAT = "nextab.edit-history"  # the unframed msgpack of version 1 said so in its "format"
+KIND = b"HIST"  # the framed file's kind (nextab.storage)
+FORMAT_VERSION = 2  # 2: framed, one checksummed record per edit
 
 LIMIT = 200  # closed edits kept per workspace
 PAUSE_SECONDS = 1.5  # a pause this long between keystrokes ends an edit
@@ -158,14 +159,21 @@ class EditHistory:
         max_edit_chars: int = MAX_EDIT_CHARS,
         max_file_bytes: int = MAX_FILE_BYTES,
         edits: Iterable[Edit] = (),
+        private: Callable[[str], bool] | None = None,
     ) -> None:
+        # Documents whose edits are never kept (by uri): secrets by name without a workspace;
+        # a workspace passes its own test, which knows its ignore rules and exclude list.
+        self.private = private or is_secret_uri
         self.pause_seconds = pause_seconds
         self.root = PurePosixPath(Path(root).as_posix()) if root is not None else None
         self.context_lines = context_lines
         self.context_chars = context_chars
         self.max_edit_chars = max_edit_chars
         self.max_file_bytes = max_file_bytes
-        self._edits: deque[Edit] = deque(edits, maxlen=max(0, limit))
+        # Also on loading: a history saved before a document became private must not bring
+        # its edits back.
+        kept = (edit for edit in edits if not self.private(edit.uri))
+        self._edits: deque[Edit] = deque(kept, maxlen=max(0, limit))
         self._open: _Open | None = None
         self._lock = threading.Lock()
         self._changes = 0  # closed edits so far; `unsaved` compares it with the last save
@@ -188,6 +196,8 @@ class EditHistory:
         A full-document replacement (start 0, end len(before_text)) is fine: the unchanged
         ends are trimmed off first, so it records what really changed.
         """
+        if self.private(uri):
+            return  # a secret or git-ignored document: its text is kept nowhere
         now = time.time() if now is None else now
         start = max(0, min(start, len(before_text)))
         end = max(start, min(end, len(before_text)))
@@ -217,6 +227,17 @@ class EditHistory:
         edit.clipped = head_clipped or tail_clipped
         if "\n" in new:
             self._close()  # a new line ends the thought; the next keystroke starts another edit
+
+    def forget_private(self) -> None:
+        """Drop the edits of documents that `private` now covers (the exclude list grew); the
+        next save writes the history without them."""
+        with self._lock:
+            if self._open is not None and self.private(self._open.uri):
+                self._open = None
+            kept = [edit for edit in self._edits if not self.private(edit.uri)]
+            if len(kept) != len(self._edits):
+                self._edits = deque(kept, maxlen=self._edits.maxlen)
+                self._changes += 1
 
     def close_open_edits(self) -> None:
         """End the edit being typed (the document closed, the history is about to be read)."""
@@ -336,17 +357,8 @@ class EditHistory:
                     edits.append(current)
             changes = self._changes
         data = _pack(edits, self.max_file_bytes)
-        path = Path(path)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-            try:
-                with os.fdopen(fd, "wb") as out:
-                    out.write(data)
-                os.replace(temp, path)
-            except BaseException:
-                os.unlink(temp)
-                raise
+            write_atomic(Path(path), data)
         except OSError as error:
             log.warning("could not save the edit history to %s: %s", path, error)
             return False
@@ -357,8 +369,9 @@ class EditHistory:
     def load(cls, path: str | Path | None, **settings: Any) -> EditHistory:
         """A history with the edits saved at `path`; empty when there are none to trust.
 
-        `settings` are the constructor's keywords. A missing, unreadable, truncated or
-        corrupt file, or one from another format version, starts an empty history.
+        `settings` are the constructor's keywords. A missing or unreadable file, or one from
+        another format version, starts an empty history; a damaged one is moved aside (with a
+        warning) and its edits that check out are kept.
         """
         edits: list[Edit] = []
         if path is not None:
@@ -514,56 +527,37 @@ _FIELDS = (
 
 
 def _pack(edits: list[Edit], max_bytes: int) -> bytes:
-    records = [msgpack.packb([getattr(e, name) for name, _ in _FIELDS]) for e in edits]
-    header = msgpack.Packer()
-    preamble = (
-        header.pack_map_header(3)
-        + header.pack("format")
-        + header.pack(FORMAT)
-        + header.pack("version")
-        + header.pack(FORMAT_VERSION)
-        + header.pack("edits")
-    )
-    budget = max_bytes - len(preamble) - 5  # 5: the largest array header
+    # surrogatepass: an editor may send a lone surrogate (valid JSON, no UTF-8); it must not
+    # stop the history from saving.
+    records = [
+        msgpack.packb([getattr(e, name) for name, _ in _FIELDS], unicode_errors="surrogatepass")
+        for e in edits
+    ]
+    budget = max_bytes - HEADER_BYTES - RECORD_OVERHEAD  # the header and the empty metadata
     kept = 0
     for record in reversed(records):
-        if len(record) > budget:
+        if len(record) + RECORD_OVERHEAD > budget:
             break
-        budget -= len(record)
+        budget -= len(record) + RECORD_OVERHEAD
         kept += 1
-    kept_records = records[len(records) - kept :]
-    return preamble + header.pack_array_header(kept) + b"".join(kept_records)
+    return pack_records(KIND, FORMAT_VERSION, records[len(records) - kept :])
 
 
 def _read(path: Path) -> list[Edit]:
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return []
-    except OSError as error:
-        log.warning("could not read the edit history %s: %s; starting afresh", path, error)
-        return []
-    try:
-        content = msgpack.unpackb(data, raw=False, strict_map_key=True)
-    except Exception as error:  # msgpack raises several unrelated types for bad input
-        log.warning("edit history %s is corrupt (%s); starting afresh", path, error)
-        return []
-    if not isinstance(content, dict) or content.get("format") != FORMAT:
-        log.warning("%s is not an edit history; starting afresh", path)
-        return []
-    if content.get("version") != FORMAT_VERSION:
-        log.info(
-            "edit history %s has format version %r, not %d; starting afresh",
-            path,
-            content.get("version"),
-            FORMAT_VERSION,
-        )
-        return []
-    try:
-        return [_edit(record) for record in content["edits"]]
-    except (KeyError, TypeError, ValueError) as error:
-        log.warning("edit history %s has a bad record (%s); starting afresh", path, error)
-        return []
+    loaded = load_records(
+        path, KIND, FORMAT_VERSION, _decode, what="edit history", legacy=_is_unframed
+    )
+    return loaded.records if loaded is not None else []
+
+
+def _decode(payload: bytes) -> Edit:
+    return _edit(msgpack.unpackb(payload, raw=False, unicode_errors="surrogatepass"))
+
+
+def _is_unframed(data: bytes) -> bool:
+    """Whether `data` is a history of version 1 (one msgpack map): rebuilt, not quarantined."""
+    content = msgpack.unpackb(data, raw=False, strict_map_key=True)
+    return isinstance(content, dict) and content.get("format") == FORMAT
 
 
 def _edit(record: Any) -> Edit:

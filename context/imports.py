@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from nextab.context.secrets import resolves_inside
 from nextab.context.symbols import Import
 
 log = logging.getLogger(__name__)
@@ -48,11 +49,16 @@ class ImportResolver:
 
     def __init__(self, root: str | Path, is_file: Callable[[str], bool] | None = None) -> None:
         self.root = Path(root)
+        self._real_root = self.root.resolve()
         self.is_file = is_file or self._disk_is_file
         self._aliases: dict[str, tuple[int, PathAliases | None]] = {}
 
     def _disk_is_file(self, path: str) -> bool:
-        return (self.root / path).is_file()
+        return (self.root / path).is_file() and self._inside(path)
+
+    def _inside(self, path: str) -> bool:
+        # A symlink out of the workspace is not followed, not even to read a tsconfig.
+        return resolves_inside(self._real_root, path) is not None
 
     def _is_dir(self, path: str) -> bool:
         return (self.root / path).is_dir()
@@ -181,7 +187,7 @@ class ImportResolver:
             for name in _JS_CONFIGS:
                 config = _join(directory, name)
                 if (self.root / config).is_file():
-                    return self._load_aliases(config)
+                    return self._load_aliases(config) if self._inside(config) else None
             if not directory:
                 return None
             directory = posixpath.dirname(directory)

@@ -19,11 +19,10 @@ from __future__ import annotations
 import importlib.metadata
 import logging
 import os
-import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
@@ -35,6 +34,7 @@ from tree_sitter import Tree
 
 from nextab.context.imports import ImportResolver
 from nextab.context.languages import spec_for, spec_named
+from nextab.context.secrets import SecretPaths, resolves_inside, uri_path
 from nextab.context.symbols import (
     Definition,
     FileSymbols,
@@ -43,10 +43,12 @@ from nextab.context.symbols import (
     parse,
     symbols_of_tree,
 )
+from nextab.storage import load_records, pack_records, quarantine, write_atomic
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: framed (nextab.storage), one checksummed record per file
+STORE_KIND = b"INDX"
 BINARY_PROBE_BYTES = 8192  # git's own heuristic: a NUL byte in the first 8 KB means binary
 PROGRESS_STEPS = 100  # progress reports per scan, at most (plus the first and the last)
 
@@ -251,14 +253,22 @@ class IgnoreRules:
 
     def ignored(self, path: str, is_dir: bool = False) -> bool:
         """Whether `path` or a directory above it is excluded (for paths not found by a walk)."""
+        return self._ignored(path, is_dir, by_name=True)
+
+    def git_ignored(self, path: str, is_dir: bool = False) -> bool:
+        """Whether git's rules alone exclude `path` or a directory above it: what the developer
+        keeps out of the repository (local settings, keys), unlike vendored directories."""
+        return self._ignored(path, is_dir, by_name=False)
+
+    def _ignored(self, path: str, is_dir: bool, by_name: bool) -> bool:
         if not path:
             return False
         parts = path.split("/")
         for i in range(1, len(parts)):
             above = "/".join(parts[:i])
-            if self.name_ignored(parts[i - 1], True) or self.matches(above, True):
+            if (by_name and self.name_ignored(parts[i - 1], True)) or self.matches(above, True):
                 return True
-        return self.name_ignored(parts[-1], is_dir) or self.matches(path, is_dir)
+        return (by_name and self.name_ignored(parts[-1], is_dir)) or self.matches(path, is_dir)
 
 
 # --- reading files ------------------------------------------------------------------------------
@@ -335,49 +345,54 @@ def _unpack_file(row: list) -> IndexedFile:
 
 def save_store(path: Path, entries: Iterable[IndexedFile]) -> None:
     """Write atomically: a crash mid-write leaves the previous store, never half of one."""
-    payload = {
-        "format": FORMAT_VERSION,
-        "languages": language_versions(),
-        "files": [_pack_file(e) for e in entries],
-    }
-    data = msgpack.packb(payload, use_bin_type=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    meta = msgpack.packb({"languages": language_versions()}, use_bin_type=True)
+    # surrogatepass: a file name that is no UTF-8 reaches Python with lone surrogates in it.
+    records = [
+        msgpack.packb(_pack_file(e), use_bin_type=True, unicode_errors="surrogatepass")
+        for e in entries
+    ]
+    write_atomic(path, pack_records(STORE_KIND, FORMAT_VERSION, records, meta))
 
 
 def load_store(path: Path) -> dict[str, IndexedFile]:
-    """The stored entries still valid for this extractor and these grammars; {} if none."""
+    """The stored entries still valid for this extractor and these grammars; {} if none.
+
+    A damaged store is moved aside with a warning: its entries that check out are used (the
+    scan re-parses the rest), or none when its header is hit. An older format is rebuilt.
+    """
+    then = "rebuilding the index"
+    what = "index store"
+    legacy = _is_unframed_store
+    loaded = load_records(
+        path, STORE_KIND, FORMAT_VERSION, _decode_file, what=what, then=then, legacy=legacy
+    )
+    if loaded is None:
+        return {}
     try:
-        payload = msgpack.unpackb(path.read_bytes(), raw=False, strict_map_key=False)
-    except FileNotFoundError:
-        return {}
-    except Exception as exc:
-        log.warning("index store %s is unreadable, rebuilding the index: %s", path, exc)
-        return {}
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT_VERSION:
-        log.info("index store %s has another format: rebuilding", path)
+        stored = msgpack.unpackb(loaded.meta, raw=False)["languages"]
+        if not isinstance(stored, dict):
+            raise TypeError("languages is not a map")
+    except Exception as exc:  # checked but undecodable: written by a nextab that had a bug
+        quarantine(path, f"corrupt ({exc})", what=what, then=then)
         return {}
     current = language_versions()
-    stored = payload.get("languages") or {}
-    entries = {}
-    try:
-        for row in payload.get("files", ()):
-            entry = _unpack_file(row)
-            if entry.language is None or stored.get(entry.language) == current.get(entry.language):
-                entries[entry.path] = entry
-    except Exception as exc:
-        log.warning("index store %s is corrupt, rebuilding the index: %s", path, exc)
-        return {}
-    return entries
+    return {
+        entry.path: entry
+        for entry in loaded.records
+        if entry.language is None or stored.get(entry.language) == current.get(entry.language)
+    }
+
+
+def _decode_file(payload: bytes) -> IndexedFile:
+    return _unpack_file(
+        msgpack.unpackb(payload, raw=False, strict_map_key=False, unicode_errors="surrogatepass")
+    )
+
+
+def _is_unframed_store(data: bytes) -> bool:
+    """Whether `data` is a store of version 1 (one msgpack map): rebuilt, not quarantined."""
+    payload = msgpack.unpackb(data, raw=False, strict_map_key=False)
+    return isinstance(payload, dict) and "format" in payload and "files" in payload
 
 
 # --- the index ------------------------------------------------------------------------------------
@@ -394,6 +409,7 @@ class WorkspaceIndex:
         max_file_bytes: int | None = None,
         progress: ProgressFn | None = None,
         on_change: ChangeFn | None = None,
+        exclude: Sequence[str] = (),
     ) -> None:
         self.root = Path(root).resolve()
         self.store_path = Path(store_path) if store_path is not None else None
@@ -406,6 +422,7 @@ class WorkspaceIndex:
         self.progress = progress
         self.on_change = on_change
         self.ignore = IgnoreRules(self.root, limits.ignored_dirs)
+        self.secrets = SecretPaths(exclude)  # secret names and the user's exclude list
         self.resolver = ImportResolver(self.root, self._is_file)
         self._lock = threading.RLock()
         self._disk: dict[str, IndexedFile] = {}
@@ -530,7 +547,12 @@ class WorkspaceIndex:
         if path in self._effective:
             return True
         # While the scan runs the index does not know every file yet: ask the disk.
-        return not self.ready and self.is_indexable(path) and (self.root / path).is_file()
+        return (
+            not self.ready
+            and self.is_indexable(path)
+            and not self._escapes(path)
+            and (self.root / path).is_file()
+        )
 
     def read_text(self, path: str) -> str | None:
         """The buffer's text while the file is open in the editor, else the file's; None if
@@ -542,15 +564,57 @@ class WorkspaceIndex:
             buffer = self._buffers.get(key)
         if buffer is not None:
             return buffer[0]
+        if self.is_private(key):
+            return None
         try:
             return read_source(self.root / key, self.limits.max_file_bytes)
         except (OSError, Unreadable):
             return None
 
     def is_indexable(self, path: str) -> bool:
-        """Whether a workspace-relative path is a source file the rules let in."""
+        """Whether a workspace-relative path is a source file the rules let in (symlinks on
+        the way not checked: see `_escapes`)."""
         name = path.rsplit("/", 1)[-1]
-        return bool(path) and is_source_name(name) and not self.ignore.ignored(path)
+        return (
+            bool(path)
+            and is_source_name(name)
+            and not self.ignore.ignored(path)
+            and not self.secrets.is_secret(path)
+        )
+
+    def is_private(self, path: str | os.PathLike[str]) -> bool:
+        """Whether a document's text must never be indexed, recorded or shown to the model: a
+        secret (by name or the exclude list), a git-ignored file, or a path that a symlink
+        takes out of the root or to such a file. A path or URI outside the workspace is judged
+        by its name alone."""
+        key = self.relative(path)
+        if key is None:
+            return self.secrets.is_secret(uri_path(os.fspath(path)))
+        if not key:
+            return False
+        return self.secrets.is_secret(key) or self.ignore.git_ignored(key) or self._escapes(key)
+
+    def _escapes(self, key: str, is_dir: bool = False) -> bool:
+        """Whether a symlink on the way to `key` leads out of the root, or to a private path."""
+        target = resolves_inside(self.root, key)
+        if target is None:
+            return True
+        return target != key and (
+            self.secrets.is_secret(target, is_dir) or self.ignore.git_ignored(target, is_dir)
+        )
+
+    def set_exclude(self, exclude: Sequence[str]) -> None:
+        """Take a new exclude list: buffers it now covers go, and the workspace is walked again
+        (files it covers drop out, files it no longer covers come in)."""
+        if tuple(exclude) == self.secrets.exclude:
+            return
+        self.secrets = SecretPaths(exclude)
+        with self._lock:
+            buffered = list(self._buffers)
+        for key in buffered:
+            if self.is_private(key):
+                self.close_text(key)
+        self.rescan()
 
     # -- editor buffers ----------------------------------------------------------------------
 
@@ -558,6 +622,10 @@ class WorkspaceIndex:
         """An open editor buffer's text: it wins over the disk copy until `close_text`."""
         key = self.relative(path)
         if key is None or not key:
+            return
+        if self.is_private(key):
+            log.debug("not indexing the buffer of %s: a secret or git-ignored file", key)
+            self.close_text(key)  # in case it was taken before it became private
             return
         spec = spec_for(key)
         symbols, tree = None, None
@@ -599,7 +667,7 @@ class WorkspaceIndex:
             stat = (self.root / key).stat()
         except OSError:
             return self.remove_file(key)
-        if not self.is_indexable(key) or not os.path.isfile(self.root / key):
+        if not self.is_indexable(key) or self._escapes(key) or not os.path.isfile(self.root / key):
             return self.remove_file(key)
         return self._index_file(key, stat.st_size, stat.st_mtime_ns, None)
 
@@ -627,7 +695,11 @@ class WorkspaceIndex:
             return
         absolute = self.root / key
         if absolute.is_dir():
-            if key and self.ignore.ignored(key, is_dir=True):
+            if key and (
+                self.ignore.ignored(key, is_dir=True)
+                or self.secrets.is_secret(key, is_dir=True)
+                or self._escapes(key, is_dir=True)
+            ):
                 self.remove_file(key)
                 return
             found = {p: (size, mtime) for p, size, mtime in self._walk(key)}
@@ -760,7 +832,9 @@ class WorkspaceIndex:
             self._counters.store_load_seconds = time.perf_counter() - started
             # Answer from the store at once; the scan then checks each file against the disk.
             for key, entry in stored.items():
-                if key not in self._disk:
+                # A store written before a file became private (a new exclude or .gitignore
+                # line) must not bring it back even until the scan.
+                if key not in self._disk and self.is_indexable(key):
                     self._disk[key] = entry
                     self._set_effective(key)
         return stored
@@ -825,10 +899,10 @@ class WorkspaceIndex:
                 except OSError:
                     continue
                 if is_dir:
-                    if not self._excluded(entry.name, relative, True):
+                    if not self._excluded(entry, relative, True):
                         subdirectories.append(relative)
                 elif is_file and is_source_name(entry.name):
-                    if self._excluded(entry.name, relative, False):
+                    if self._excluded(entry, relative, False):
                         continue
                     try:
                         stat = entry.stat()
@@ -842,8 +916,16 @@ class WorkspaceIndex:
                     yield relative, stat.st_size, stat.st_mtime_ns
             queue.extend(subdirectories)
 
-    def _excluded(self, name: str, relative: str, is_dir: bool) -> bool:
-        return self.ignore.name_ignored(name, is_dir) or self.ignore.matches(relative, is_dir)
+    def _excluded(self, entry: os.DirEntry[str], relative: str, is_dir: bool) -> bool:
+        if self.ignore.name_ignored(entry.name, is_dir) or self.ignore.matches(relative, is_dir):
+            return True
+        if self.secrets.is_secret(relative, is_dir):
+            self._count_skip("secret", relative)
+            return True
+        if entry.is_symlink() and self._escapes(relative, is_dir):
+            self._count_skip("symlink out of the workspace", relative)
+            return True
+        return False
 
     def _list_dir(self, directory: str, seen: set[tuple[int, int]]) -> list[os.DirEntry[str]]:
         path = self.root / directory

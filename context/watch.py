@@ -10,10 +10,12 @@ Nothing raised here reaches watchdog's thread: errors are logged.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
 import time
+from typing import Any
 
 from watchdog.events import (
     DirCreatedEvent,
@@ -27,6 +29,7 @@ from watchdog.events import (
     FileSystemEventHandler,
 )
 from watchdog.observers import Observer
+from watchdog.observers.polling import PollingObserver
 
 from nextab.context.index import WorkspaceIndex, is_source_name
 
@@ -57,10 +60,13 @@ class WorkspaceWatcher:
         *,
         quiet_seconds: float = 0.3,  # apply once no event came for this long
         max_delay_seconds: float = 2.0,  # but never hold a change longer than this
+        poll_seconds: float = 5.0,  # between scans, where the system has no watches to give
     ) -> None:
         self.index = index
         self.quiet_seconds = quiet_seconds
         self.max_delay_seconds = max_delay_seconds
+        self.poll_seconds = poll_seconds
+        self.mode: str | None = None  # "native" (inotify, FSEvents, ...), "polling", or None
         self._pending: dict[str, None] = {}
         self._rules_changed = False
         self._first_at = 0.0
@@ -72,20 +78,40 @@ class WorkspaceWatcher:
         self.batches = 0  # batches applied (for diagnostics and tests)
 
     def start(self) -> bool:
-        """Watch the index's root; False (logged) when the system refuses a watch."""
+        """Watch the index's root; where the system refuses its watches (inotify's per-user
+        limit: one watch per directory, 8,192 on many systems), scan it every `poll_seconds`
+        instead; False (logged) when neither works."""
         if self._observer is not None:
             return True
-        observer = Observer()
-        try:
-            observer.schedule(_Handler(self), str(self.index.root), recursive=True)
-            observer.start()
-        except Exception as exc:  # e.g. the inotify watch limit: index stays, unwatched
-            log.warning("not watching %s for changes: %s", self.index.root, exc)
-            return False
+        root = str(self.index.root)
+        observer, error = self._observe(Observer())
+        if observer is not None:
+            self.mode = "native"
+        else:
+            observer, polling_error = self._observe(PollingObserver(timeout=self.poll_seconds))
+            if observer is None:
+                log.warning("not watching %s for changes: %s", root, polling_error or error)
+                return False
+            self.mode = "polling"
+            log.warning(
+                "the system gave no file watches for %s (%s): looking for changes every %g s "
+                "instead (raise fs.inotify.max_user_watches to watch it natively)",
+                root, error, self.poll_seconds,
+            )  # fmt: skip
         self._observer = observer
         self._thread = threading.Thread(target=self._run, name="nextab-watch", daemon=True)
         self._thread.start()
         return True
+
+    def _observe(self, observer: Any) -> tuple[Any, Exception | None]:
+        try:
+            observer.schedule(_Handler(self), str(self.index.root), recursive=True)
+            observer.start()
+        except Exception as exc:
+            with contextlib.suppress(Exception):
+                observer.stop()  # threads it may have started before the failure
+            return None, exc
+        return observer, None
 
     def stop(self, timeout: float = 5.0) -> None:
         observer, self._observer = self._observer, None

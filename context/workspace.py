@@ -66,7 +66,7 @@ class Workspace:
         scoring_batch: int = 4,
     ) -> None:
         self.root = Path(root).resolve()
-        self.settings = settings
+        self._settings = settings
         self.count_tokens = count_tokens or _approximate_tokens
         self.compressor = (
             Compressor(scorer, batch_size=scoring_batch) if scorer is not None else None
@@ -80,12 +80,14 @@ class Workspace:
             max_file_bytes=settings.max_file_bytes,
             progress=progress,
             on_change=self._file_changed,
+            exclude=settings.exclude,
         )
         self.history = EditHistory.load(
             store_dir / "history.msgpack" if store_dir else None,
             limit=settings.history_edits,
             pause_seconds=settings.edit_pause_ms / 1000,
             root=self.root,
+            private=self.index.is_private,
         )
         self._chunks: dict[str, list[Chunk]] = {}
         # Changes seen, in all and per file: a place's material is made again once another
@@ -98,6 +100,20 @@ class Workspace:
         self._wanted: dict[str, tuple[tuple[object, ...], str, int]] = {}
         self._watcher = None
         self._saved_at = time.monotonic()
+
+    @property
+    def settings(self) -> ContextConfig:
+        return self._settings
+
+    @settings.setter
+    def settings(self, settings: ContextConfig) -> None:
+        previous, self._settings = self._settings, settings
+        if previous.exclude != settings.exclude:
+            # What the old list let in leaves the index, the history and prepared material.
+            self.index.set_exclude(settings.exclude)
+            self.history.forget_private()
+            with self._lock:
+                self._ready.clear()
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -132,7 +148,13 @@ class Workspace:
         except ValueError:
             return path.as_posix()
 
+    def is_private(self, path_or_uri: str) -> bool:
+        """Whether a document may never reach the index, the history or a prompt: a secret, a
+        git-ignored file, one the exclude list names, or one a symlink takes out of the root."""
+        return self.index.is_private(path_or_uri)
+
     def open_document(self, path: str, text: str) -> None:
+        # The index refuses private documents: their text never joins the similar-code pool.
         self.index.update_text(path, text)
 
     def close_document(self, path: str) -> None:

@@ -12,16 +12,24 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import attrs
 from lsprotocol import types
-from pygls.exceptions import JsonRpcInvalidParams
+from pygls.exceptions import (
+    JsonRpcException,
+    JsonRpcInvalidParams,
+    JsonRpcInvalidRequest,
+    JsonRpcParseError,
+)
 from pygls.lsp.server import LanguageServer
 from pygls.protocol import LanguageServerProtocol
 from pygls.protocol.language_server import lsp_method
@@ -32,6 +40,7 @@ from nextab.config import Config, load
 from nextab.context.document import Document, Position, PositionError, Range
 from nextab.context.history import EditHistory
 from nextab.engine import CompletionRequest, Engine, Metrics, Suggestion
+from nextab.models import subprocesses
 from nextab.models.decoding import Cancelled, CancelToken
 from nextab.nextedit import EditSuggestion, NextEditRequest, NextEditResult, end_of_last_edit
 from nextab.typeahead import agrees, typed_since
@@ -63,9 +72,92 @@ NEXT_EDIT = "nextab/nextEdit"
 NEXT_EDIT_PUSHED = "nextab/nextEditSuggestion"
 STATUS = "nextab/status"
 OUTCOME = "nextab/suggestionOutcome"
+# The server's copy of a document, {textDocument: {uri}} -> {text, version}: how a client (or
+# a test) checks that both sides hold the same text after a stream of incremental changes.
+DEBUG_DOCUMENT = "nextab/debugDocument"
+
+
+@dataclasses.dataclass(frozen=True)
+class _Rejected:
+    """A message whose fields do not fit its method's types: answered with an error instead
+    of being handled (pygls alone logs it and never answers, so the client waits forever)."""
+
+    data: dict[str, Any]
+    error: JsonRpcException
 
 
 class _Protocol(LanguageServerProtocol):
+    def structure_message(self, data: dict[str, Any]) -> Any:
+        if "jsonrpc" in data and "id" in data and _is_notification(self.get_message_type(data.get("method", ""))):
+            # A notification's method sent as a request: pygls would handle it as the
+            # notification and never answer the id.
+            return _Rejected(data, JsonRpcInvalidRequest(f"{data['method']} is a notification"))
+        try:
+            return super().structure_message(data)
+        except JsonRpcException as error:
+            return _Rejected(data, error)
+
+    def handle_message(self, message: Any) -> None:
+        if isinstance(message, _Rejected):
+            self._reject(message)
+        elif not hasattr(message, "jsonrpc"):
+            # JSON that is no JSON-RPC message at all (an array, a number, an object without
+            # "jsonrpc"): the spec's answer is Invalid Request with a null id.
+            log.warning("ignored a message that is not JSON-RPC (%s)", type(message).__name__)
+            self.send_error(None, JsonRpcInvalidRequest())
+        else:
+            super().handle_message(message)
+
+    def _reject(self, rejected: _Rejected) -> None:
+        data, error = rejected.data, rejected.error
+        method = data.get("method")
+        msg_id = data.get("id")
+        valid_id = isinstance(msg_id, (int, str)) and not isinstance(msg_id, bool)
+        if "id" not in data:
+            log.warning("ignored notification %r: its params do not fit the method", method)
+        elif method is None:
+            # A malformed response to one of the server's own requests: fail that request
+            # rather than leave it waiting.
+            log.warning("malformed response to request %r", msg_id)
+            if valid_id:
+                self._handle_response(msg_id, None, error.to_response_error())
+        else:
+            log.warning("request %r (%s) has invalid params", msg_id, method)
+            if not isinstance(error, (JsonRpcInvalidParams, JsonRpcInvalidRequest)) or not isinstance(method, str):
+                error = JsonRpcInvalidRequest()
+            self.send_error(msg_id if valid_id else None, error)
+
+    def send_error(self, msg_id: int | str | None, error: JsonRpcException) -> None:
+        if msg_id is not None:
+            self._send_response(msg_id, None, error.to_response_error())
+            return
+        # JSON-RPC wants `"id": null` when the id could not be read; lsprotocol's converter
+        # would leave the member out.
+        body = {"code": error.code, "message": error.message}
+        self._send_data({"jsonrpc": "2.0", "id": None, "error": body})
+
+
+    # pygls keeps a copy of every open document of its own, which nextab never reads: it
+    # rewrites the whole text on every change (a keystroke in a 100k-line file costs a pass
+    # over all of it) and, for a range past a line's end, moves the range's end in place, so
+    # the handler below would see a different edit than the client sent. These three hand
+    # the params to nextab's handlers untouched instead.
+    @lsp_method(types.TEXT_DOCUMENT_DID_OPEN)
+    def lsp_text_document__did_open(self, params: types.DidOpenTextDocumentParams) -> Any:
+        yield from self._handle_only(types.TEXT_DOCUMENT_DID_OPEN, params)
+
+    @lsp_method(types.TEXT_DOCUMENT_DID_CHANGE)
+    def lsp_text_document__did_change(self, params: types.DidChangeTextDocumentParams) -> Any:
+        yield from self._handle_only(types.TEXT_DOCUMENT_DID_CHANGE, params)
+
+    @lsp_method(types.TEXT_DOCUMENT_DID_CLOSE)
+    def lsp_text_document__did_close(self, params: types.DidCloseTextDocumentParams) -> Any:
+        yield from self._handle_only(types.TEXT_DOCUMENT_DID_CLOSE, params)
+
+    def _handle_only(self, method: str, params: Any) -> Any:
+        if (handler := self.fm.features.get(method)) is not None:
+            yield handler, (params,), None
+
     @lsp_method(types.INITIALIZE)
     def lsp_initialize(self, params: types.InitializeParams) -> Any:
         result = yield from super().lsp_initialize(params)
@@ -77,9 +169,36 @@ class _Protocol(LanguageServerProtocol):
                 "nextEditPush": enabled and server.config.next_edit.push,
                 "status": True,
                 "suggestionOutcome": True,
+                "debugDocument": True,
             }
         }
         return result
+
+
+def _is_notification(message_type: Any) -> bool:
+    return attrs.has(message_type) and "id" not in attrs.fields_dict(message_type)
+
+
+class _RedactParams(logging.Filter):
+    """pygls logs the params of a message it could not handle, and the values that did not
+    fit their types: document text, in a log that editors keep. Below debug level (where
+    pygls logs every message anyway) the params are left out; `_Protocol._reject` logs a
+    line of its own for a message that did not fit."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if logging.getLogger().isEnabledFor(logging.DEBUG):
+            return True
+        if str(record.msg).startswith("Unable to deserialize message"):
+            return False
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                a if a is None or isinstance(a, (int, float, str)) else "<params not logged>"
+                for a in record.args
+            )
+        return True
+
+
+logging.getLogger("pygls.protocol.json_rpc").addFilter(_RedactParams())
 
 
 class NextabServer(LanguageServer):
@@ -107,6 +226,18 @@ class NextabServer(LanguageServer):
         # log with the editor's report of what became of it.
         self.served: dict[str, Metrics] = {}
         self.acceptance = AcceptanceLog()
+        # From a cancel to the model thread giving that work up, per cancelled running request.
+        self.cancel_stops: deque[float] = deque(maxlen=1000)
+
+    def report_server_error(self, error: Exception, source: Any) -> None:
+        # pygls's read loop hands over what it could not even parse: answer as JSON-RPC asks
+        # (Parse error, null id), so a client that sent it sees why nothing came back.
+        if isinstance(error, (json.JSONDecodeError, UnicodeDecodeError)):
+            log.warning("ignored a message that is not JSON: %s", error)
+            assert isinstance(self.protocol, _Protocol)
+            self.protocol.send_error(None, JsonRpcParseError())
+        else:  # pygls logged it already, with its traceback
+            log.debug("%s: %s", getattr(source, "__name__", source), error)
 
     def start_engine(self) -> None:
         """Load the model in the background; requests wait for it instead of failing."""
@@ -197,6 +328,7 @@ class NextabServer(LanguageServer):
             # "model" or "typed-ahead": where the last completion came from.
             "lastSource": self.last_source,
             "acceptanceLog": str(self.acceptance.path) if self.config.acceptance_log else None,
+            "cancelStopMs": _stop_stats(list(self.cancel_stops)),
         }
 
     def history(self) -> EditHistory:
@@ -286,7 +418,7 @@ class NextabServer(LanguageServer):
             if engine is None or token.cancelled:
                 return None
             loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self.model_thread, work, engine)
+            return await loop.run_in_executor(self.model_thread, self._timed(token, work), engine)
         except asyncio.CancelledError:
             # The client's $/cancelRequest: stop the model thread too, unless the next
             # keystroke's request may still take this one over.
@@ -302,6 +434,22 @@ class NextabServer(LanguageServer):
             for kind, running in list(doc.inflight.items()):
                 if running is token and not handed_over:
                     del doc.inflight[kind]
+
+    def _timed(self, token: CancelToken, work: Callable[[Engine], _T]) -> Callable[[Engine], _T]:
+        """`work`, noting how long it took to stop after a cancel that came while it ran: what
+        a superseded request costs the next one (`cancelStopMs` in nextab/status)."""
+
+        def run(engine: Engine) -> _T:
+            started = time.monotonic()
+            try:
+                return work(engine)
+            except Cancelled:
+                cancelled_at = token.cancelled_at
+                if cancelled_at is not None and cancelled_at > started:
+                    self.cancel_stops.append((time.monotonic() - cancelled_at) * 1000)
+                raise
+
+        return run
 
     async def suggest(self, uri: str, position: types.Position) -> tuple[Document, int, Suggestion] | None:
         doc = self.document(uri)
@@ -435,6 +583,13 @@ class _Progress:
             )
 
 
+def _stop_stats(stops: list[float]) -> dict[str, Any]:
+    ordered = sorted(stops)
+    if not ordered:
+        return {"n": 0, "p50": None, "max": None}
+    return {"n": len(ordered), "p50": round(ordered[len(ordered) // 2], 1), "max": round(ordered[-1], 1)}
+
+
 def _workspace_root(params: types.InitializeParams) -> str | None:
     if params.workspace_folders:
         return _display_path(params.workspace_folders[0].uri)
@@ -495,8 +650,15 @@ def create_server(config: Config, engine_factory: EngineFactory = Engine.load) -
         if doc is None:
             log.warning("didChange for %s, which is not open: ignored", params.text_document.uri)
             return
-        history = ls.history()
         version = params.text_document.version
+        if version <= doc.version:
+            # Versions only grow (the spec); an older one is a replayed or reordered change,
+            # and applying it twice would corrupt the text.
+            log.warning(
+                "didChange for %s at version %d, not after %d: ignored", doc.uri, version, doc.version
+            )
+            return
+        history = ls.history()
         for change in params.content_changes:
             before = doc.text
             if isinstance(change, types.TextDocumentContentChangePartial):
@@ -598,6 +760,14 @@ def create_server(config: Config, engine_factory: EngineFactory = Engine.load) -
             "timings": {"totalMs": round(result.metrics.total_ms, 1)},
         }
 
+    @server.feature(DEBUG_DOCUMENT)
+    def debug_document(ls: NextabServer, params: Any) -> dict[str, Any]:
+        uri = _field(params, "textDocument", "uri")
+        if not isinstance(uri, str):
+            raise JsonRpcInvalidParams(f"{DEBUG_DOCUMENT} needs textDocument.uri")
+        doc = ls.document(uri)
+        return {"text": doc.text, "version": doc.version}
+
     @server.feature(STATUS)
     def status(ls: NextabServer, params: Any) -> dict[str, Any]:
         """`nextab/status` (no params): version, state, model, decoding, indexing, latency."""
@@ -644,6 +814,7 @@ def _exit_with_editor(ls: NextabServer, pid: int) -> None:
     saver = threading.Thread(target=_save_workspace, args=(ls,), daemon=True)
     saver.start()
     saver.join(_SAVE_ON_EXIT_S)
+    subprocesses.end_all()  # os._exit skips the atexit hook that would end them
     os._exit(0)  # the event loop may be blocked on stdin, which a dead editor may never close
 
 
@@ -762,6 +933,9 @@ def _field(value: Any, *names: str) -> Any:
     return value
 
 
+_UINTEGER_MAX = 2**31 - 1  # the LSP's uinteger
+
+
 def _next_edit_params(params: Any) -> tuple[str, types.Position | None]:
     uri = _field(params, "textDocument", "uri")
     if not isinstance(uri, str):
@@ -769,8 +943,10 @@ def _next_edit_params(params: Any) -> tuple[str, types.Position | None]:
     line, character = _field(params, "position", "line"), _field(params, "position", "character")
     if line is None and character is None:
         return uri, None  # at the end of the last edit
-    if not isinstance(line, int) or not isinstance(character, int) or line < 0 or character < 0:
-        raise JsonRpcInvalidParams("nextab/nextEdit: position needs line and character (integers >= 0)")
+    if not all(type(v) is int and 0 <= v <= _UINTEGER_MAX for v in (line, character)):
+        raise JsonRpcInvalidParams(
+            "nextab/nextEdit: position needs line and character (integers in [0, 2^31 - 1])"
+        )
     return uri, types.Position(line=line, character=character)
 
 

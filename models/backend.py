@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+
+# Lone halves of a UTF-16 surrogate pair: valid in a Python str and in JSON, never in UTF-8.
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -166,6 +170,10 @@ class HfTokens:
     def tokenize(self, text: str) -> list[int]:
         if not text:
             return []
+        if not text.isascii():
+            # A lone surrogate (valid JSON, so an editor may send one) is no UTF-8: the Rust
+            # tokenizer refuses the whole text. It stands for nothing; U+FFFD keeps offsets.
+            text = _LONE_SURROGATE.sub("\ufffd", text)
         # split_special_tokens keeps "<|fim_prefix|>" typed in a user's file from becoming a
         # control token: only the template may place those.
         return list(

@@ -13,9 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import re
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,8 +22,10 @@ from typing import Any
 import numpy as np
 
 from nextab.models.resolve import cache_dir
+from nextab.storage import CHECKSUM_FIELD, quarantine, seal, unseal, write_atomic
 
-FORMAT = "nextab.adadec-calibration/2"
+FORMAT = "nextab.adadec-calibration/3"  # 3: checksummed (nextab.storage.seal)
+UNCHECKED_FORMAT = "nextab.adadec-calibration/2"  # the same record without a checksum
 
 
 @dataclass(frozen=True)
@@ -130,7 +130,6 @@ def calibration_path(model_path: Path, name: str) -> Path:
 
 def save_calibration(model_path: Path, name: str, fit: ThresholdFit, details: dict[str, Any]) -> Path:
     path = calibration_path(model_path, name)
-    path.parent.mkdir(parents=True, exist_ok=True)
     record = {
         "format": FORMAT,
         "model": name,
@@ -138,22 +137,39 @@ def save_calibration(model_path: Path, name: str, fit: ThresholdFit, details: di
         **asdict(fit),
         **details,
     }
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".calibration-")
-    with os.fdopen(handle, "w", encoding="utf-8") as out:
-        json.dump(record, out, indent=1)
-    os.replace(temporary, path)
+    write_atomic(path, json.dumps(seal(record), indent=1).encode())
     return path
 
 
 def load_threshold(model_path: Path, name: str) -> float | None:
     """The learned threshold for this model, or None if it was never calibrated (or the
-    record is unreadable: calibrating again fixes that)."""
+    record is damaged: it is moved aside with a warning, and calibrating again fixes that)."""
     path = calibration_path(model_path, name)
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
+        text = path.read_bytes()
+    except OSError:  # missing (never calibrated) or unreadable
         return None
-    except (OSError, ValueError):
+    try:
+        checked = _checked(json.loads(text))
+    except ValueError as error:
+        quarantine(path, f"corrupt ({error})", what="calibration", then="not using it")
         return None
-    value = record.get("threshold") if record.get("format") == FORMAT else None
+    if checked is None:
+        return None  # another format: calibrating again replaces it
+    value = checked.get("threshold")
     return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
+
+
+def _checked(record: Any) -> dict[str, Any] | None:
+    """The record if this version reads it, None if it is of another format; ValueError if it
+    is damaged. The checksum is checked first, so that damage to the format is damage too."""
+    if not isinstance(record, dict):
+        raise ValueError("not a JSON object")
+    if CHECKSUM_FIELD in record:
+        checked = unseal(record)
+        if checked is None:
+            raise ValueError("its checksum does not match")
+        return checked if checked.get("format") == FORMAT else None
+    if record.get("format") == FORMAT:
+        raise ValueError("its checksum is missing")
+    return record if record.get("format") == UNCHECKED_FORMAT else None

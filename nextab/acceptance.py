@@ -6,8 +6,9 @@ user's machine (one JSON object per line in the user cache) and `nextab stats` s
 acceptance rate, characters accepted, the latency the editor saw, per language.
 
 Each record is appended with one `write` on a file opened for appending, so a crash leaves at
-worst one torn last line, which the next record starts after; reading skips lines that do not
-parse and says how many.
+worst one torn last line, which the next record starts after. Each line carries a checksum of
+its record (`nextab.storage.seal`); reading skips lines that do not parse or check out, counts
+them as misses, and says how many.
 """
 
 from __future__ import annotations
@@ -22,9 +23,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from nextab.storage import make_private_dir, seal, unseal
+
 log = logging.getLogger(__name__)
 
-FORMAT = "nextab.acceptance/1"
+FORMAT = "nextab.acceptance/2"  # 2: each line checksummed
+UNCHECKED_FORMAT = "nextab.acceptance/1"  # lines from before checksums: read as they are
 MAX_BYTES = 8 << 20  # past this the log starts over, the old one kept as `.1`
 
 Kind = Literal["completion", "nextEdit"]
@@ -62,10 +66,10 @@ class AcceptanceLog:
 
     def append(self, outcome: Outcome) -> None:
         record = {"format": FORMAT, **asdict(outcome), "time": outcome.time or time.time()}
-        line = (json.dumps(record, separators=(",", ":")) + "\n").encode()
+        line = (json.dumps(seal(record), separators=(",", ":")) + "\n").encode()
         with self._lock:
             try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
+                make_private_dir(self.path.parent)
                 if self.path.exists() and self.path.stat().st_size + len(line) > self.max_bytes:
                     os.replace(self.path, self.path.with_name(self.path.name + ".1"))
                 fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
@@ -88,6 +92,9 @@ class AcceptanceLog:
                 lines = path.read_bytes().splitlines()
             except FileNotFoundError:
                 continue
+            except OSError as error:  # a log that cannot be read costs its records, not stats
+                log.warning("acceptance log %s not read: %s", path, error)
+                continue
             for raw in lines:
                 outcome = _parse(raw)
                 if outcome is None:
@@ -100,7 +107,11 @@ class AcceptanceLog:
 def _parse(raw: bytes) -> Outcome | None:
     try:
         record = json.loads(raw)
-        if record.get("format") != FORMAT:
+        if record.get("format") == FORMAT:
+            record = unseal(record)
+            if record is None:  # damaged: the line parses but its checksum does not match
+                return None
+        elif record.get("format") != UNCHECKED_FORMAT:
             return None
         latency = record.get("latency_ms")
         outcome = Outcome(

@@ -7,6 +7,7 @@ that is used instead.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -15,6 +16,8 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import cattrs
 import cattrs.errors
+
+from nextab.context.secrets import compile_exclude
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,10 @@ class ContextConfig:
     max_file_bytes: int = 1_000_000
     history_edits: int = 200  # edits kept per workspace, across restarts
     edit_pause_ms: int = 1500  # a pause this long ends an edit
+    # Files never indexed, recorded or shown to the model, on top of the secret names and the
+    # git-ignored files that never are (context/secrets.py): gitignore-style globs relative to
+    # the workspace root, e.g. ["config/prod/", "*.sql"].
+    exclude: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -152,6 +159,7 @@ _ALLOWED_TEXT = {
     "device": '"auto", "cpu", "mps", "cuda" or "cuda:N"',
     "model": "a non-empty model name or path",
     "threshold": "a number of nats from 0 to 20, or null for the model's learned threshold",
+    "exclude": "a list of gitignore-style patterns",
 }
 
 _converter = cattrs.Converter(forbid_extra_keys=True)
@@ -179,6 +187,8 @@ def _structure_value(name: str, hint: Any, value: Any) -> Any:
         value = _boolean(value)
     elif hint is str and not isinstance(value, str):
         raise TypeError("not a string")
+    elif hint == tuple[str, ...]:
+        value = _patterns(value)
     result = _converter.structure(value, hint)
     check = _CHECKS.get(name)
     if check is not None and not check(result):
@@ -197,6 +207,18 @@ def _boolean(value: Any) -> bool:
     if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
         return value.strip().lower() in _TRUE
     raise TypeError("not a boolean")
+
+
+def _patterns(value: Any) -> tuple[str, ...]:
+    # The environment and CLI give a string: a JSON list, or patterns separated by commas.
+    if isinstance(value, str):
+        text = value.strip()
+        value = json.loads(text) if text.startswith("[") else [p.strip() for p in text.split(",")]
+        value = [p for p in value if p != ""] if isinstance(value, list) else value
+    if not isinstance(value, list | tuple) or not all(isinstance(p, str) for p in value):
+        raise TypeError("not a list of strings")
+    compile_exclude(value)  # a pattern git would refuse is refused here, not at first use
+    return tuple(value)
 
 
 def _number(value: Any) -> float:

@@ -27,13 +27,16 @@ from nextab.config import Config, ContextConfig
 from nextab.context.compress import CompressionCancelled
 from nextab.context.cursor import RequestedMode, decide_mode, surroundings
 from nextab.context.document import Document
+from nextab.context.history import Edit, EditHistory
 from nextab.context.repository import Material
+from nextab.context.secrets import SecretPaths, uri_path
 from nextab.context.syntax import Snapshot
 from nextab.context.window import WindowLimits, cut_window
 from nextab.models.backend import Backend, Interrupted, KVCache, common_prefix_length
 from nextab.models.batch_decoding import BatchItem, decode_batch
 from nextab.models.decoding import (
     NEVER_CANCELLED,
+    Cancelled,
     CancelToken,
     DecodeParams,
     Decoder,
@@ -115,6 +118,10 @@ class Suggestion:
     metrics: Metrics = field(compare=False)
 
 
+class PrivateDocument(ValueError):
+    """A prompt was asked for a document whose text must not reach the model."""
+
+
 @dataclass(frozen=True)
 class Prompt:
     ids: tuple[int, ...]  # what the model reads, healing's token taken off
@@ -164,6 +171,7 @@ class Engine:
         self._to_warm: OrderedDict[int, tuple[weakref.ref[Document], int, str | None]] = OrderedDict()
         self._closing = False
         self._last_request = 0.0
+        self._secrets = SecretPaths(config.context.exclude)  # judges paths without a workspace
 
     @classmethod
     def load(cls, config: Config, *, progress: bool = True) -> Engine:
@@ -213,6 +221,8 @@ class Engine:
             self.decoder = self._make_decoder(config)
             self._other_decoders = {}
             self.config = config
+            if self._secrets.exclude != config.context.exclude:
+                self._secrets = SecretPaths(config.context.exclude)
         if self.workspace is not None:
             self.workspace.settings = self._workspace_settings(config.context)
 
@@ -283,11 +293,11 @@ class Engine:
         while self._to_warm and not self._closing and not self._waiting:
             _, (ref, offset, path) = self._to_warm.popitem()
             document = ref()
-            if document is None:
+            if document is None or self.is_private(path, document.uri):
                 continue
             text = document.text
             try:
-                built = self.prompt_for(CompletionRequest(document, min(offset, len(text)), text, path))
+                built = self._build_prompt(CompletionRequest(document, min(offset, len(text)), text, path))
             except Exception:  # a document the prompt cannot be built for is not warmed
                 log.debug("warming %s skipped", document.uri, exc_info=True)
                 continue
@@ -354,8 +364,35 @@ class Engine:
     def _should_yield(self) -> bool:
         return self._closing or self._waiting > 0
 
+    def is_private(self, *paths: str | None) -> bool:
+        """Whether any of these paths or URIs names a document that must not reach a prompt:
+        a secret, and in a workspace also a git-ignored file or one the exclude list names or
+        a symlink takes out of the root (`context/secrets.py`, `WorkspaceIndex.is_private`)."""
+        workspace = self.workspace
+        # A request's path and its document's uri are mostly the same file: judged once.
+        for path in dict.fromkeys(uri_path(p) for p in paths if p):
+            if workspace is not None and workspace.is_private(path):
+                return True
+            if workspace is None and self._secrets.is_secret(path):
+                return True
+        return False
+
+    def _refuses(self, request: CompletionRequest) -> bool:
+        if not self.is_private(request.path, request.document.uri):
+            return False
+        # The path only: logging the text would be the very leak this avoids.
+        log.info(
+            "no completion in %s: a secret or excluded file", request.path or request.document.uri
+        )
+        return True
+
     def prompt_for(self, request: CompletionRequest) -> Prompt:
         """The prompt a completion at the request's position gets, and how it will stop."""
+        if self.is_private(request.path, request.document.uri):
+            raise PrivateDocument(f"{request.path or request.document.uri} is private")
+        return self._build_prompt(request)
+
+    def _build_prompt(self, request: CompletionRequest) -> Prompt:
         text, offset = request.text, request.offset
         if not 0 <= offset <= len(text):
             raise ValueError(f"cursor offset {offset} outside the document (0..{len(text)})")
@@ -394,11 +431,13 @@ class Engine:
 
     def complete(self, request: CompletionRequest, cancel: CancelToken = NEVER_CANCELLED) -> Suggestion:
         started = time.perf_counter()
+        if self._refuses(request):
+            return _nothing(started)
         ahead = self._typed_ahead(request, started)
         if ahead is not None:
             return ahead
         offset = request.offset
-        built = self.prompt_for(request)
+        built = self._build_prompt(request)
         params = self._params(built, request)
         prompted = time.perf_counter()
         # Completions come from one thread (the caller's model thread), so a plain counter is
@@ -409,9 +448,8 @@ class Engine:
                 self._waiting -= 1
                 locked = time.perf_counter()
                 cancel.check()
-                cache = self._cache_for(request.document)
                 decoder = self._decoder_for(request.decoding)
-                result = decoder.decode(self.backend, cache, built.ids, params, cancel, built.healing)
+                result = self._decode_or_recover(request.document, decoder, built, params, cancel)
         finally:
             self._last_request = time.monotonic()
             if self.workspace is not None and self.workspace.pending():
@@ -440,6 +478,46 @@ class Engine:
         )
         log.debug("completion stages: %s", _stage_line(suggestion.metrics))
         return suggestion
+
+    def _decode_or_recover(
+        self,
+        document: Document,
+        decoder: Decoder,
+        built: Prompt,
+        params: DecodeParams,
+        cancel: CancelToken,
+    ) -> DecodeResult:
+        """Decode on the document's cache (the engine's lock held). A step that fails part-way
+        may have written keys for tokens the cache never recorded, so a failure drops the
+        document's cache: this request fails, the next starts clean. Out of memory drops every
+        document's cache and tries once more, cold."""
+        for attempt in (1, 2):
+            cache = self._cache_for(document)
+            try:
+                return decoder.decode(self.backend, cache, built.ids, params, cancel, built.healing)
+            except Cancelled:
+                raise
+            except Exception as error:
+                document.kv = None
+                if attempt == 2 or not _out_of_memory(error):
+                    raise
+                log.warning(
+                    "out of memory while decoding (%s): dropped the KV caches of %d documents "
+                    "and tried again",
+                    error, len(self._cached),
+                )  # fmt: skip
+                self._drop_caches()
+        raise AssertionError("unreachable")
+
+    def _drop_caches(self) -> None:
+        for ref in self._cached.values():
+            cached = ref()
+            if cached is not None:
+                cached.kv = None
+        self._cached.clear()
+        release = getattr(self.backend, "release_memory", None)
+        if release is not None:
+            release()
 
     def _typed_ahead(self, request: CompletionRequest, started: float) -> Suggestion | None:
         """The rest of the last suggestion for the document, if the developer has been typing
@@ -475,13 +553,18 @@ class Engine:
         strategy run one at a time. No document's KV cache is read or kept.
         """
         started = time.perf_counter()
-        built = [self.prompt_for(request) for request in requests]
-        greedy = [i for i, r in enumerate(requests) if type(self._decoder_for(r.decoding)) is GreedyDecoder]
+        refused = {i for i, request in enumerate(requests) if self._refuses(request)}
+        built = {i: self._build_prompt(r) for i, r in enumerate(requests) if i not in refused}
+        greedy = [
+            i
+            for i, r in enumerate(requests)
+            if i not in refused and type(self._decoder_for(r.decoding)) is GreedyDecoder
+        ]
         items = [
             BatchItem(built[i].ids, self._params(built[i], requests[i]), built[i].healing)
             for i in greedy
         ]
-        found: dict[int, Suggestion] = {}
+        found: dict[int, Suggestion] = {i: _nothing(started) for i in refused}
         self._waiting += 1
         try:
             with self._lock:
@@ -522,12 +605,39 @@ class Engine:
         self, request: NextEditRequest, cancel: CancelToken = NEVER_CANCELLED
     ) -> NextEditResult:
         """Where the developer will likely edit next, and the edit (`nextab/nextedit.py`)."""
-        from nextab.nextedit import predict
+        from nextab.nextedit import NextEditMetrics, NextEditResult, predict
 
+        if self.is_private(request.path, request.document.uri):
+            log.info(
+                "no next edit in %s: a secret or excluded file",
+                request.path or request.document.uri,
+            )
+            metrics = NextEditMetrics(0, 0, 0, 0, 0, 0, 0, 0, 0.0, 0.0, 0.0)
+            return NextEditResult((), (), metrics)
         try:
-            return predict(self.config.next_edit, request, self, cancel)
+            return predict(
+                self.config.next_edit, self._without_private_edits(request), self, cancel
+            )
         finally:
             self._last_request = time.monotonic()
+
+    def _without_private_edits(self, request: NextEditRequest) -> NextEditRequest:
+        """The request without edits of private documents. A history filters them as they are
+        recorded; this covers one that could not know the workspace's rules (the server's
+        before the workspace opens, or with indexing off)."""
+        verdicts: dict[str, bool] = {}
+        kept: list[Edit] = []
+        for edit in request.edits:
+            if edit.uri not in verdicts:
+                verdicts[edit.uri] = self.is_private(edit.uri)
+            if not verdicts[edit.uri]:
+                kept.append(edit)
+        if len(kept) == len(request.edits):
+            return request
+        root = self.workspace.root if self.workspace is not None else None
+        history = EditHistory(root=root, edits=kept, limit=len(kept), private=lambda _: False)
+        diffs = history.render(self.config.context.recent_edits_chars) if request.diffs else ""
+        return replace(request, edits=tuple(kept), diffs=diffs)
 
     def rewrite(self, material: RewriteInput, extra_tokens: int, cancel: CancelToken) -> DecodeResult:
         """The model rewrites a window for next-edit prediction, on a cache of its own (the
@@ -641,6 +751,21 @@ class Engine:
             if evicted is not None:
                 evicted.kv = None
         return document.kv
+
+
+def _out_of_memory(error: BaseException) -> bool:
+    # torch.OutOfMemoryError (CUDA, MPS), onnxruntime's failed allocations, MemoryError: by
+    # name, so the engine needs neither runtime imported.
+    return isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError" or (
+        "Failed to allocate memory" in str(error)
+    )
+
+
+def _nothing(started: float) -> Suggestion:
+    """The empty suggestion for a document that must not reach the model."""
+    total_ms = (time.perf_counter() - started) * 1000
+    metrics = Metrics(0, 0, 0, 0, 0.0, 0.0, total_ms, source="private")
+    return Suggestion(text="", replace=0, mode="line", stop_reason="private", metrics=metrics)
 
 
 def _suggestion(built: Prompt, offset: int, result: DecodeResult, total_ms: float) -> Suggestion:

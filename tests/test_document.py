@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 
 import pytest
 
@@ -25,9 +26,15 @@ except ImportError:  # pragma: no cover - the seeded-random tests below still ru
     HAS_HYPOTHESIS = False
 
 EMOJI = "\U0001f600"  # 😀: outside the BMP, a surrogate pair in UTF-16, 4 bytes in UTF-8
-# Characters of every width in every encoding, plus newlines (and a lone \r, which this class
-# does not treat as a line break).
+# Characters of every width in every encoding, plus all three of the LSP's line ends (\n, \r\n
+# and a lone \r).
 ALPHABET = ["a", "b", " ", "\n", "é", "中", EMOJI, "\U0001d11e", "\t", "\r"]
+LINE_END = re.compile(r"\r\n|\r|\n")
+
+
+def lines_of(text: str) -> list[str]:
+    """Independent reference: the LSP spec's lines."""
+    return LINE_END.split(text)
 
 
 def utf16_units(s: str) -> int:
@@ -168,11 +175,12 @@ def _check_round_trips(text: str, encoding: str) -> None:
     doc = Document("file:///t", text, encoding=encoding)
     for offset in range(len(text) + 1):
         pos = doc.position_at(offset)
-        assert doc.offset_at(pos) == offset
+        addressable = _addressable(text, offset)
+        assert doc.offset_at(pos) == addressable
         # The character column is the length in code units of the line up to the offset.
-        line_start = text.rfind("\n", 0, offset) + 1
-        assert pos.line == text.count("\n", 0, offset)
-        assert pos.character == units(text[line_start:offset], encoding)
+        before = lines_of(text[:addressable])
+        assert pos.line == len(before) - 1
+        assert pos.character == units(before[-1], encoding)
 
 
 @pytest.mark.parametrize("encoding", ["utf-16", "utf-8", "utf-32"])
@@ -210,14 +218,25 @@ def test_lines_exclude_the_newline():
         doc.line(3)
 
 
-def test_lines_split_on_newline_only():
-    # LSP counts \r\n, \n and \r as line ends; this class splits on \n only, so a CRLF line
-    # keeps its \r and a lone \r is no break. Only what holds either way is asserted here:
-    # a CRLF file's line count and the lines after each \r\n.
-    doc = Document("file:///t", "ab\r\ncd")
-    assert doc.line_count == 2
-    assert doc.line(1) == "cd"
+def test_lines_end_as_the_lsp_spec_says():
+    # \r\n, \n and a lone \r each end a line; a \r\n is one line end, not two.
+    doc = Document("file:///t", "ab\r\ncd\ref\n\r\rg")
+    assert [doc.line(i) for i in range(doc.line_count)] == ["ab", "cd", "ef", "", "", "g"]
     assert doc.offset_at(Position(1, 1)) == 5
+    assert doc.offset_at(Position(2, 0)) == 7
+    # Past the end of a CRLF line: its end, before the \r.
+    assert doc.offset_at(Position(0, 9), clamp=True) == 2
+    assert doc.position_at(7) == Position(2, 0)
+
+
+def test_an_edit_can_join_a_cr_and_a_lf_into_one_line_end():
+    doc = Document("file:///t", "a\rb")
+    assert doc.line_count == 2
+    doc.apply_change("\n", Range(Position(1, 0), Position(1, 0)))  # "a\r\nb": still 2 lines
+    assert doc.text == "a\r\nb" and doc.line_count == 2 and doc.line(1) == "b"
+    doc.apply_change("x", Range(Position(0, 1), Position(0, 1)))  # "ax\r\nb"
+    doc.apply_change("", Range(Position(1, 0), Position(1, 1)))  # "ax\r\n"
+    assert doc.text == "ax\r\n" and [doc.line(i) for i in range(doc.line_count)] == ["ax", ""]
 
 
 # --- edits ---------------------------------------------------------------------------------
@@ -264,14 +283,19 @@ def test_incremental_change_clamps_past_the_end():
     assert doc.text == "abc!\nd"
 
 
+def _addressable(text: str, offset: int) -> int:
+    # No LSP position lies between the \r and the \n of a line end.
+    return offset - 1 if text[offset - 1 : offset + 1] == "\r\n" else offset
+
+
 def _random_edit(rng: random.Random, text: str, encoding: str) -> tuple[str, Range, str]:
-    a = rng.randrange(len(text) + 1)
-    b = rng.randrange(a, len(text) + 1)
+    a = _addressable(text, rng.randrange(len(text) + 1))
+    b = max(a, _addressable(text, rng.randrange(a, len(text) + 1)))
     new = "".join(rng.choice(ALPHABET) for _ in range(rng.randrange(0, 6)))
 
     def pos(offset: int) -> Position:
-        line_start = text.rfind("\n", 0, offset) + 1
-        return Position(text.count("\n", 0, offset), units(text[line_start:offset], encoding))
+        before = lines_of(text[:offset])
+        return Position(len(before) - 1, units(before[-1], encoding))
 
     return new, Range(pos(a), pos(b)), text[:a] + new + text[b:]
 
@@ -287,8 +311,7 @@ def test_incremental_edits_equal_string_slicing_seeded(encoding):
             doc.apply_change(new, rng_range, version=version)
             assert doc.text == expected
             assert doc.version == version
-            assert doc.line_count == expected.count("\n") + 1
-            assert [doc.line(i) for i in range(doc.line_count)] == expected.split("\n")
+            assert [doc.line(i) for i in range(doc.line_count)] == lines_of(expected)
 
 
 # --- property tests (hypothesis) -----------------------------------------------------------
@@ -311,7 +334,7 @@ if HAS_HYPOTHESIS:
             new, rng_range, expected = _random_edit(rng, doc.text, encoding)
             doc.apply_change(new, rng_range)
             assert doc.text == expected
-            assert [doc.line(i) for i in range(doc.line_count)] == expected.split("\n")
+            assert [doc.line(i) for i in range(doc.line_count)] == lines_of(expected)
 
     @settings(max_examples=150, deadline=None)
     @given(text=texts, encoding=encodings, seed=st.integers(0, 2**32 - 1))
@@ -322,7 +345,7 @@ if HAS_HYPOTHESIS:
         for _ in range(10):
             new, rng_range, expected = _random_edit(rng, doc.text, encoding)
             doc.apply_change(new, rng_range)
-            rebuilt = [0] + [i + 1 for i, c in enumerate(expected) if c == "\n"]
+            rebuilt = [0] + [m.end() for m in LINE_END.finditer(expected)]
             assert doc._line_starts == rebuilt
 
     @settings(max_examples=150, deadline=None)

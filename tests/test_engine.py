@@ -455,3 +455,72 @@ def test_warming_precomputes_the_prompt_while_idle(tiny_backend):
         assert suggestion.metrics.reused_tokens == suggestion.metrics.prompt_tokens - 1
     finally:
         engine.close_workspace()  # stops the background thread
+
+
+class FailingBackend:
+    """The tiny backend, whose forward raises `error` on its `fail_at`-th call from now."""
+
+    def __init__(self, backend, error: Exception) -> None:
+        self._backend = backend
+        self.error = error
+        self.fail_at: int | None = None
+        self.calls = 0
+        self.released = 0
+
+    def __getattr__(self, name):
+        return getattr(self._backend, name)
+
+    def forward(self, cache, tokens, every=False):
+        self.calls += 1
+        if self.fail_at is not None and self.calls == self.fail_at:
+            # Part-way, as a real failure can be: the cache already holds the new keys.
+            self._backend.forward(cache, tokens, every)
+            raise self.error
+        return self._backend.forward(cache, tokens, every)
+
+    def release_memory(self) -> None:
+        self.released += 1
+
+
+def test_a_failed_generation_fails_cleanly_and_the_next_request_works(tiny_backend):
+    failing = FailingBackend(tiny_backend, RuntimeError("kernel failure"))
+    engine = Engine(CLASSIC, failing)
+    doc = Document("file:///a.py", SOURCE)
+    first = engine.complete(request(doc))
+    failing.calls, failing.fail_at = 0, 1  # the next request's first forward, after its keys
+    edited = "# edited\n" + SOURCE
+    doc.apply_change(edited)
+    typed = CompletionRequest(document=doc, offset=CURSOR + 9, text=edited)
+    with pytest.raises(RuntimeError, match="kernel failure"):
+        engine.complete(typed)
+    assert failing.calls == 1 and doc.kv is None  # what the failed step left in it is gone
+    failing.fail_at = None
+    again = engine.complete(typed)
+    fresh = Engine(CLASSIC, tiny_backend).complete(
+        CompletionRequest(document=Document("file:///a.py", edited), offset=CURSOR + 9, text=edited)
+    )
+    assert again.text == fresh.text and first.text is not None
+
+
+def test_out_of_memory_drops_every_cache_and_tries_once_more(tiny_backend, caplog):
+    class OutOfMemoryError(RuntimeError):  # torch.OutOfMemoryError, by name
+        pass
+
+    failing = FailingBackend(tiny_backend, OutOfMemoryError("CUDA out of memory"))
+    engine = Engine(CLASSIC, failing)
+    other = Document("file:///other.py", SOURCE)
+    engine.complete(request(other))
+    assert other.kv is not None
+    doc = Document("file:///a.py", SOURCE)
+    failing.calls, failing.fail_at = 0, 1
+    suggestion = engine.complete(request(doc))
+    assert suggestion.text == Engine(CLASSIC, tiny_backend).complete(
+        request(Document("file:///a.py", SOURCE))
+    ).text
+    assert other.kv is None and failing.released == 1
+    assert [r.levelname for r in caplog.records if "out of memory" in r.getMessage()] == ["WARNING"]
+    # Out of memory twice in a row: the request fails, the engine goes on.
+    failing.calls, failing.fail_at = 0, None
+    failing.forward = lambda cache, tokens, every=False: (_ for _ in ()).throw(OutOfMemoryError("again"))
+    with pytest.raises(OutOfMemoryError):
+        engine.complete(request(Document("file:///b.py", SOURCE)))

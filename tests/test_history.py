@@ -14,7 +14,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nextab.context.history import FORMAT, Edit, EditHistory, Hunk, hunks_between
+from nextab.context.history import (
+    FORMAT,
+    FORMAT_VERSION,
+    KIND,
+    Edit,
+    EditHistory,
+    Hunk,
+    hunks_between,
+)
+from nextab.storage import pack_records, unpack_records
 
 URI = "file:///ws/src/app.py"
 OTHER = "file:///ws/src/util.py"
@@ -458,8 +467,10 @@ def test_missing_corrupt_and_truncated_files_start_empty(
         path.write_bytes(data[:cut])
         caplog.clear()
         with caplog.at_level(logging.WARNING):
-            assert EditHistory.load(path).edits() == []
-        assert "starting afresh" in caplog.text
+            kept = EditHistory.load(path).edits()
+        # Cut in its header: nothing to trust; further on: the edits before the cut.
+        assert kept == history.edits()[: len(kept)] and len(kept) < len(history.edits())
+        assert "corrupt" in caplog.text and not path.exists()  # moved aside
     for garbage in (b"\xc1\xff\x00garbage", b"", msgpack.packb([1, 2, 3]), msgpack.packb({"a": 1})):
         path.write_bytes(garbage)
         assert EditHistory.load(path).edits() == []
@@ -473,10 +484,13 @@ def test_another_format_version_starts_empty(tmp_path: Path) -> None:
     history, _ = sample_history()
     path = tmp_path / "h"
     history.save(path)
-    content = msgpack.unpackb(path.read_bytes())
-    content["version"] = 99
-    path.write_bytes(msgpack.packb(content))
+    framed = unpack_records(path.read_bytes(), KIND, FORMAT_VERSION)
+    path.write_bytes(pack_records(KIND, FORMAT_VERSION + 1, framed.records))
     assert EditHistory.load(path).edits() == []
+    assert path.exists()  # another version is rebuilt, not moved aside as damaged
+    # Version 1 (one msgpack map, before framing) likewise.
+    path.write_bytes(msgpack.packb({"format": FORMAT, "version": 1, "edits": []}))
+    assert EditHistory.load(path).edits() == [] and path.exists()
 
 
 def test_the_saved_file_is_bounded_and_keeps_the_newest(tmp_path: Path) -> None:

@@ -11,7 +11,8 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from nextab.context.index import IndexLimits, WorkspaceIndex
+from nextab.context.index import FORMAT_VERSION, STORE_KIND, IndexLimits, WorkspaceIndex
+from nextab.storage import pack_records, unpack_records
 
 
 def _write(root: Path, files: dict[str, str | bytes]) -> None:
@@ -244,9 +245,10 @@ def test_store_answers_before_the_scan_checks_the_disk(project: Path) -> None:
 def test_store_with_other_grammar_versions_reparses_that_language(project: Path) -> None:
     store = project.parent / "index.msgpack"
     _indexed(project, store_path=store).stop()
-    payload = msgpack.unpackb(store.read_bytes(), raw=False)
-    payload["languages"]["typescript"] = "an older grammar"
-    store.write_bytes(msgpack.packb(payload, use_bin_type=True))
+    framed = unpack_records(store.read_bytes(), STORE_KIND, FORMAT_VERSION)
+    meta = msgpack.unpackb(framed.meta, raw=False)
+    meta["languages"]["typescript"] = "an older grammar"
+    store.write_bytes(pack_records(STORE_KIND, FORMAT_VERSION, framed.records, msgpack.packb(meta)))
     index = _indexed(project, store_path=store)
     assert index.stats().parsed == 2  # web/api.ts and web/index.ts
     index.stop()
@@ -267,7 +269,9 @@ def test_corrupt_store_is_logged_and_ignored(
     assert again.stats().parsed == 0
     again.stop()
 
-    store.write_bytes(msgpack.packb({"format": 1, "languages": {}, "files": [["x", 1]]}))
+    languages = msgpack.packb({"languages": {}})
+    malformed_row = msgpack.packb(["x", 1])  # checks out, but no file entry
+    store.write_bytes(pack_records(STORE_KIND, FORMAT_VERSION, [malformed_row], languages))
     with caplog.at_level(logging.WARNING):
         malformed = _indexed(project, store_path=store)
     assert malformed.stats().parsed == 8

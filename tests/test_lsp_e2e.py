@@ -180,6 +180,28 @@ async def test_cancel_request_and_supersede(client: Client) -> None:
     assert isinstance(await asyncio.wait_for(second, 10), types.InlineCompletionList)
 
 
+async def test_a_superseded_generation_stops_and_the_server_counts_how_fast(tiny_model_dir: Path) -> None:
+    c = await _start(tiny_model_dir, {"maxTokens": 2000, "maxLines": 200, "debounceMs": 0})
+    try:
+        for _ in range(300):  # the model loaded, so that the first request decodes at once
+            if _get(await c.protocol.send_request_async("nextab/status", None), "state") == "ready":
+                break
+            await asyncio.sleep(0.1)
+        _open(c)
+        first = asyncio.ensure_future(c.text_document_inline_completion_async(_inline(5, 11)))
+        await asyncio.sleep(0.5)  # decoding by now: 2,000 tokens take the tiny model seconds
+        second = asyncio.ensure_future(c.text_document_inline_completion_async(_inline(5, 11)))
+        assert await asyncio.wait_for(first, 30) is None
+        await asyncio.wait_for(second, 60)
+        status = await c.protocol.send_request_async("nextab/status", None)
+        stops = _get(status, "cancelStopMs")
+        assert _get(stops, "n") == 1 and _get(stops, "p50") >= 0
+    finally:
+        await c.shutdown_async(None)
+        c.exit(None)
+        await c.stop()
+
+
 async def test_shutdown_and_exit(tiny_model_dir: Path) -> None:
     c = await _start(tiny_model_dir, {})
     _open(c)

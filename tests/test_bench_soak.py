@@ -1,0 +1,55 @@
+"""benchmarks/soak.py: several documents typed at once against the real server, measured."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.scripts import load_benchmark
+
+soak = load_benchmark("soak.py", "bench_soak")
+
+
+def test_a_short_soak_serves_every_document_and_measures_the_server(
+    tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = [
+        "--minutes", "0.3", "--documents", "2", "--warmup-minutes", "0.05",
+        "--places", "3", "--model", str(tiny_model_dir), "--options", '{"maxTokens": 4}',
+    ]  # fmt: skip
+    assert soak.main(argv) == 0
+    result = json.loads(capsys.readouterr().out)
+    requests = result["requests"]
+    # Typing at 20 keys/s: most requests are cancelled by the next keystroke, none fails (two
+    # documents of one file typed at once would desynchronise: each has its own copy).
+    assert requests["sent"] == requests["answered"] + requests["cancelled"] + requests["failed"]
+    assert requests["answered"] > 0 and requests["cancelled"] > 0
+    assert requests["failed"] == 0, requests["errors"]
+    assert result["cycles"] >= 2
+    assert result["status_ms"]["n"] >= 5 and result["status_ms"]["failed"] == 0
+    assert result["cancel_to_answer_ms"]["n"] == requests["cancelled"]
+    assert set(result["cancel_to_stop_ms"]) == {"n", "p50", "max"}  # the server's own count
+    memory = result["memory"]
+    if os.path.isdir("/proc/self/fd"):
+        assert memory["rss_mb_after_warmup"] > 50 and memory["open_files_end"] > 0
+        assert memory["rss_growth_mb"] == pytest.approx(
+            memory["rss_mb_end"] - memory["rss_mb_after_warmup"], abs=0.11
+        )
+    assert result["targets"]["no_failed_requests"] is True
+
+
+def test_growth_is_measured_from_the_end_of_the_warm_up() -> None:
+    run = soak.Soak(
+        samples=[soak.Sample(0, 100, 5), soak.Sample(30, 300, 7), soak.Sample(90, 340, 7)]
+    )
+    args = type("Args", (), {"minutes": 1.5, "documents": 1, "typing_speed": 20})()
+    memory = soak.summarize(run, 30, args)["memory"]
+    assert memory["rss_mb_after_warmup"] == 300 and memory["rss_growth_mb"] == 40
+    targets = soak.summarize(run, 30, args)["targets"]
+    assert targets["rss_growth_under_50_mb"] and targets["open_files_flat"]
+    run.samples.append(soak.Sample(120, 360, 9))
+    targets = soak.summarize(run, 30, args)["targets"]
+    assert not targets["rss_growth_under_50_mb"] and not targets["open_files_flat"]
