@@ -11,6 +11,8 @@ answer (nextab/typeahead.py) instead of starting over.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import dataclasses
 import json
 import logging
@@ -62,6 +64,8 @@ _ADOPT_S = 0.1
 _PARENT_POLL_S = 0.25
 # What saving the edit history and index may take when the editor is gone, before exiting anyway.
 _SAVE_ON_EXIT_S = 0.6
+# How often, at most, the C heap is trimmed after model work (a trim costs milliseconds).
+_TRIM_EVERY_S = 10.0
 
 # Settings that need the model reloaded when they change.
 _MODEL_KEYS = ("model", "device", "dtype", "backend", "precision")
@@ -226,6 +230,7 @@ class NextabServer(LanguageServer):
         # log with the editor's report of what became of it.
         self.served: dict[str, Metrics] = {}
         self.acceptance = AcceptanceLog()
+        self._trimmed_at = 0.0
         # From a cancel to the model thread giving that work up, per cancelled running request.
         self.cancel_stops: deque[float] = deque(maxlen=1000)
 
@@ -295,8 +300,12 @@ class NextabServer(LanguageServer):
                 )
             )
             return
-        for doc in self.documents.values():
-            workspace.open_document(workspace.relative(doc.uri), doc.text)
+        for doc in list(self.documents.values()):
+            if self.documents.get(doc.uri) is doc:  # still open
+                workspace.open_document(workspace.relative(doc.uri), doc.text)
+            # A millisecond or so each (parse, similar-code pool): with a thousand documents
+            # open, one pass would hold every request for a second.
+            await asyncio.sleep(0)
 
     def status(self) -> dict[str, Any]:
         """What editors show in a status line: the model and where it runs, whether it is
@@ -418,7 +427,10 @@ class NextabServer(LanguageServer):
             if engine is None or token.cancelled:
                 return None
             loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self.model_thread, self._timed(token, work), engine)
+            try:
+                return await loop.run_in_executor(self.model_thread, self._timed(token, work), engine)
+            finally:
+                self._trim_heap()
         except asyncio.CancelledError:
             # The client's $/cancelRequest: stop the model thread too, unless the next
             # keystroke's request may still take this one over.
@@ -434,6 +446,14 @@ class NextabServer(LanguageServer):
             for kind, running in list(doc.inflight.items()):
                 if running is token and not handed_over:
                     del doc.inflight[kind]
+
+    def _trim_heap(self) -> None:
+        """After model work, at most every `_TRIM_EVERY_S`, give the C heap's free pages back
+        (on the model thread, between requests: the allocations it frees are its own)."""
+        now = time.monotonic()
+        if now - self._trimmed_at >= _TRIM_EVERY_S:
+            self._trimmed_at = now
+            self.model_thread.submit(_malloc_trim)
 
     def _timed(self, token: CancelToken, work: Callable[[Engine], _T]) -> Callable[[Engine], _T]:
         """`work`, noting how long it took to stop after a cancel that came while it ran: what
@@ -581,6 +601,14 @@ class _Progress:
             self.ls.work_done_progress.report(
                 self.token, types.WorkDoneProgressReport(message=text, percentage=percentage)
             )
+
+
+def _malloc_trim() -> None:
+    # glibc keeps what the model's buffers (prompt-sized, of every size) free in its arenas, so
+    # RSS creeps up over a day of requests; malloc_trim hands the free pages back. Elsewhere
+    # (musl, macOS, Windows) there is no such call and nothing to do.
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).malloc_trim(0)
 
 
 def _stop_stats(stops: list[float]) -> dict[str, Any]:
