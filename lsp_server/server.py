@@ -453,7 +453,8 @@ class NextabServer(LanguageServer):
         now = time.monotonic()
         if now - self._trimmed_at >= _TRIM_EVERY_S:
             self._trimmed_at = now
-            self.model_thread.submit(_malloc_trim)
+            with contextlib.suppress(RuntimeError):  # the model thread is shut down: exiting
+                self.model_thread.submit(_malloc_trim)
 
     def _timed(self, token: CancelToken, work: Callable[[Engine], _T]) -> Callable[[Engine], _T]:
         """`work`, noting how long it took to stop after a cancel that came while it ran: what
