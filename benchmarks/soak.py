@@ -222,7 +222,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _pcts(values: list[float]) -> dict[str, Any]:
+def pcts(values: list[float]) -> dict[str, Any]:
     return {
         "n": len(values),
         "p50": percentile(values, 50),
@@ -270,13 +270,13 @@ def summarize(soak: Soak, warmup_s: float, args: argparse.Namespace) -> dict[str
             "failed": len(failed),
             "errors": sorted({r.error or "" for r in failed})[:10],
         },
-        "waited_latency_ms": _pcts(
+        "waited_latency_ms": pcts(
             [r.latency_ms for r in answered if r.waited and r.latency_ms is not None]
         ),
-        "answered_latency_ms": _pcts([r.latency_ms for r in answered if r.latency_ms is not None]),
-        "cancel_to_answer_ms": _pcts(soak.cancel_to_answer_ms),
+        "answered_latency_ms": pcts([r.latency_ms for r in answered if r.latency_ms is not None]),
+        "cancel_to_answer_ms": pcts(soak.cancel_to_answer_ms),
         "cancel_to_stop_ms": soak.cancel_stop_ms,
-        "status_ms": {**_pcts(soak.status_ms), "failed": soak.status_failures},
+        "status_ms": {**pcts(soak.status_ms), "failed": soak.status_failures},
         "memory": {
             "warmup_s": warmup_s,
             "rss_mb_after_warmup": after_warmup.rss_mb if after_warmup else None,

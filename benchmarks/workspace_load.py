@@ -27,7 +27,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from nextab.acceptance import percentile
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # soak.py, beside this script
+
+from soak import pcts, process_sample
+
 from nextab.bench_accept import BASE_OPTIONS, _get, merge
 
 
@@ -47,15 +50,6 @@ def make_workspace(root: Path, files: int) -> list[Path]:
     (root / "data.csv").write_text("a,b,c\n" * 1_700_000)  # ~10 MB
     (root / "bundle.py").write_text("x = [" + "1," * 500_000 + "]\n")  # one 1 MB line
     return modules
-
-
-def _pcts(values: list[float]) -> dict[str, Any]:
-    return {
-        "n": len(values),
-        "p50": percentile(values, 50),
-        "p99": percentile(values, 99),
-        "max": round(max(values), 1) if values else None,
-    }
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -145,7 +139,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     indexed = _get(indexing, "done")
                     break
                 await asyncio.sleep(args.probe_ms / 1000)
-            rss = _rss_mb(pid)
+            rss = process_sample(pid, 0).rss_mb
         finally:
             await client.shutdown_async(None)
             client.exit(None)
@@ -159,9 +153,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "workspace_made_s": round(made_s, 1),
         "indexed_s": indexed_s,
         "walked_files": indexed,  # source files the index went through (skipped ones too)
-        "status_ms": _pcts(status_ms),
-        "debug_document_ms": _pcts(document_ms),
-        "completion_ms": _pcts(completion_ms),
+        "status_ms": pcts(status_ms),
+        "debug_document_ms": pcts(document_ms),
+        "completion_ms": pcts(completion_ms),
         "rss_mb_end": rss,
         "targets": {"no_request_over_1_s": slowest is not None and slowest < 1000},
     }
@@ -170,16 +164,6 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 async def _drain(stream: Any) -> None:
     while await stream.readline():
         pass
-
-
-def _rss_mb(pid: int) -> float | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return round(int(line.split()[1]) / 1024, 1)
-    except OSError:
-        pass
-    return None
 
 
 def main(argv: list[str] | None = None) -> int:
