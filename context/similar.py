@@ -121,14 +121,18 @@ class SimilarityIndex:
             }
             if not idf:
                 return []
-            hits = []
-            for path, entries in self._by_path.items():
-                if path in skip:
-                    continue
-                for passage, bag, length in entries:
-                    score = self._score(bag, length, average, idf)
-                    if score > min_score:
-                        hits.append(Hit(passage, score))
+            # The scan runs outside the lock: over a 10,000-file pool it takes long enough to
+            # stall the editor's didOpen (set_file) behind it. A file's entries are replaced,
+            # never changed in place, so the snapshot stays consistent.
+            files = list(self._by_path.items())
+        hits = []
+        for path, entries in files:
+            if path in skip:
+                continue
+            for passage, bag, length in entries:
+                score = self._score(bag, length, average, idf)
+                if score > min_score:
+                    hits.append(Hit(passage, score))
         hits.sort(key=lambda h: (-h.score, h.passage.path, h.passage.start_line))
         return hits[:limit]
 

@@ -5,14 +5,15 @@ Everything the model does runs on one worker thread, so the event loop keeps rea
 request in flight: a newer one cancels it, and so does the client's $/cancelRequest, with one
 exception: a completion whose text so far agrees with the characters typed since it was asked
 for keeps running, and the next keystroke's request, queued behind it, takes the rest of its
-answer (nextab/typeahead.py) instead of starting over.
+answer (nextab/typeahead.py) instead of starting over. A cancel stops the model inside the
+forward it is in (`interruptible` in models/backend.py), so what it cost the next request is
+milliseconds, not the rest of a pre-fill chunk.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import dataclasses
 import gc
 import json
@@ -37,7 +38,7 @@ from pygls.lsp.server import LanguageServer
 from pygls.protocol import LanguageServerProtocol
 from pygls.protocol.language_server import lsp_method
 
-from nextab import __version__
+from nextab import __version__, heap
 from nextab.acceptance import AcceptanceLog, outcome_from_params, stages_of
 from nextab.config import Config, load
 from nextab.context.document import Document, Position, PositionError, Range
@@ -436,6 +437,7 @@ class NextabServer(LanguageServer):
                 return await loop.run_in_executor(self.model_thread, self._timed(token, work), engine)
             finally:
                 self._trim_heap()
+                self._show_notices(engine)
         except asyncio.CancelledError:
             # The client's $/cancelRequest: stop the model thread too, unless the next
             # keystroke's request may still take this one over.
@@ -452,6 +454,14 @@ class NextabServer(LanguageServer):
                 if running is token and not handed_over:
                     del doc.inflight[kind]
 
+    def _show_notices(self, engine: Engine) -> None:
+        """What the engine had to tell the user (a model moved off a full GPU), once each,
+        even when the request that caused it failed."""
+        for notice in engine.take_notices():
+            self.window_show_message(
+                types.ShowMessageParams(type=types.MessageType.Warning, message=f"nextab: {notice}")
+            )
+
     def _trim_heap(self) -> None:
         """After model work, at most every `_TRIM_EVERY_S`, give the C heap's free pages back
         (on the model thread, between requests: the allocations it frees are its own)."""
@@ -459,7 +469,7 @@ class NextabServer(LanguageServer):
         if now - self._trimmed_at >= _TRIM_EVERY_S:
             self._trimmed_at = now
             with contextlib.suppress(RuntimeError):  # the model thread is shut down: exiting
-                self.model_thread.submit(_malloc_trim)
+                self.model_thread.submit(heap.trim)
 
     def _timed(self, token: CancelToken, work: Callable[[Engine], _T]) -> Callable[[Engine], _T]:
         """`work`, noting how long it took to stop after a cancel that came while it ran: what
@@ -621,19 +631,17 @@ def _freeze_long_lived() -> None:
     gc.freeze()
 
 
-def _malloc_trim() -> None:
-    # glibc keeps what the model's buffers (prompt-sized, of every size) free in its arenas, so
-    # RSS creeps up over a day of requests; malloc_trim hands the free pages back. Elsewhere
-    # (musl, macOS, Windows) there is no such call and nothing to do.
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None).malloc_trim(0)
-
-
 def _stop_stats(stops: list[float]) -> dict[str, Any]:
     ordered = sorted(stops)
     if not ordered:
-        return {"n": 0, "p50": None, "max": None}
-    return {"n": len(ordered), "p50": round(ordered[len(ordered) // 2], 1), "max": round(ordered[-1], 1)}
+        return {"n": 0, "p50": None, "p99": None, "max": None}
+    n = len(ordered)
+    return {
+        "n": n,
+        "p50": round(ordered[n // 2], 1),
+        "p99": round(ordered[min(n - 1, n * 99 // 100)], 1),
+        "max": round(ordered[-1], 1),
+    }
 
 
 def _workspace_root(params: types.InitializeParams) -> str | None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -29,6 +31,58 @@ class ModelInfo:
     # pass exact. onnxruntime's int8-activation kernels round a k-token pass differently (up
     # to ~0.3 in the logits), enough to flip near-ties.
     exact_multi_token: bool = True
+
+
+class CancelSignal(Protocol):
+    """What a backend needs of a request's cancel handle to stop a forward part-way."""
+
+    @property
+    def cancelled(self) -> bool: ...
+
+    def on_cancel(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call `callback` (on the cancelling thread) when cancelled; returns the function
+        that removes it, after which it is never called."""
+        ...
+
+
+class Callbacks:
+    """What to call when a signal is cancelled. One removed is never called after its removal
+    returns (the calls hold the same lock): a late call would stop another request's forward."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._callbacks: list[Callable[[], None]] = []
+
+    def add(self, callback: Callable[[], None]) -> Callable[[], None]:
+        with self._lock:
+            self._callbacks.append(callback)
+
+        def remove() -> None:
+            with self._lock:
+                self._callbacks.remove(callback)
+
+        return remove
+
+    def fire(self) -> None:
+        with self._lock:
+            for callback in self._callbacks:
+                callback()
+
+
+@contextmanager
+def interruptible(backend: object, signal: CancelSignal) -> Iterator[None]:
+    """While inside, a forward of `backend` stops part-way, raising Interrupted, once `signal`
+    is cancelled, if the backend can (`stop_on`); others finish the forward they are in.
+
+    A cold prompt is pre-filled in chunks of seconds on a CPU; stopping inside one is what
+    lets a superseded request give the model back within milliseconds.
+    """
+    stop_on = getattr(backend, "stop_on", None)
+    if stop_on is None:
+        yield
+        return
+    with stop_on(signal):
+        yield
 
 
 class KVCache(Protocol):
@@ -157,7 +211,9 @@ class TokenStats:
 
 
 class Interrupted(Exception):
-    """A scoring call gave up part-way because its caller asked it to stop."""
+    """Work given up part-way because its caller asked it to stop: a scoring call between two
+    pieces, or a forward inside one (`interruptible`; the cache then holds exactly what it held
+    before the call)."""
 
 
 class HfTokens:

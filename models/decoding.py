@@ -11,7 +11,14 @@ from typing import Protocol
 
 import numpy as np
 
-from nextab.models.backend import Backend, KVCache, common_prefix_length
+from nextab.models.backend import (
+    Backend,
+    Callbacks,
+    Interrupted,
+    KVCache,
+    common_prefix_length,
+    interruptible,
+)
 from nextab.models.drafting import CopyDrafter, Drafter, Drafters, Lookup, NgramDrafter
 
 
@@ -28,11 +35,16 @@ class CancelToken:
         # work overtaken by a keystroke is still worth finishing (nextab/typeahead.py).
         self.partial = ""
         self.cancelled_at: float | None = None  # time.monotonic() of the first cancel
+        self._callbacks = Callbacks()
 
     def cancel(self) -> None:
         if self.cancelled_at is None:
             self.cancelled_at = time.monotonic()
         self._event.set()
+        self._callbacks.fire()
+
+    def on_cancel(self, callback: Callable[[], None]) -> Callable[[], None]:
+        return self._callbacks.add(callback)
 
     @property
     def cancelled(self) -> bool:
@@ -150,16 +162,21 @@ def prefill(
 
     Only the tokens after the longest common prefix with what the cache already holds are
     computed. At least one token is always re-run, because the logits of a cached position are
-    not kept. The work is chunked so that a cancel lands within one chunk.
+    not kept. The work is chunked so that a cancel lands within one chunk, or within one layer
+    where the backend can stop a forward part-way (`interruptible`).
     """
     if not prompt:
         raise ValueError("empty prompt")
     reused = min(common_prefix_length(cache.tokens, prompt), len(prompt) - 1)
     backend.truncate(cache, reused)
     logits: np.ndarray | None = None
-    for start in range(reused, len(prompt), chunk):
-        cancel.check()
-        logits = backend.forward(cache, prompt[start : start + chunk])
+    with interruptible(backend, cancel):
+        for start in range(reused, len(prompt), chunk):
+            cancel.check()
+            try:
+                logits = backend.forward(cache, prompt[start : start + chunk])
+            except Interrupted:
+                raise Cancelled from None
     assert logits is not None
     return logits, reused
 

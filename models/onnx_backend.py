@@ -16,14 +16,15 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from nextab.models.backend import HfTokens, Interrupted, ModelInfo, TokenStats
+from nextab.models.backend import CancelSignal, HfTokens, Interrupted, ModelInfo, TokenStats
 from nextab.models.onnx_export import KEEP_INPUT
 from nextab.models.resolve import _read_marker
 
@@ -119,6 +120,8 @@ class OnnxBackend(HfTokens):
         )
         self._kv_dtype = np.float16 if "float16" in past.type else np.float32
         self._outputs = [o.name for o in session.get_outputs()]
+        self._signal: CancelSignal | None = None
+        self._running: Any = None  # the RunOptions of the forward in progress
         self.info = ModelInfo(
             name=name,
             model_type=str(config.get("model_type", "")),
@@ -157,6 +160,37 @@ class OnnxBackend(HfTokens):
             time.perf_counter() - started,
         )
         return backend
+
+    # --- stopping part-way ------------------------------------------------------------------
+
+    @contextmanager
+    def stop_on(self, signal: CancelSignal) -> Iterator[None]:
+        """In-place forwards stop part-way (Interrupted) once `signal` is cancelled:
+        onnxruntime checks a run's terminate flag between nodes."""
+        self._signal = signal
+        remove = signal.on_cancel(self._terminate)
+        try:
+            yield
+        finally:
+            remove()
+            self._signal = None
+
+    def _terminate(self) -> None:
+        running = self._running
+        if running is not None:
+            running.terminate = True
+
+    def _run_options(self) -> Any:
+        """Fresh options for the next run, made current before `signal` is looked at: a cancel
+        then either is seen here or finds these options (it sets the signal first)."""
+        from onnxruntime import RunOptions
+
+        options = RunOptions()
+        self._running = options
+        signal = self._signal
+        if signal is not None and signal.cancelled:
+            raise Interrupted
+        return options
 
     # --- one sequence ----------------------------------------------------------------------
 
@@ -208,7 +242,17 @@ class OnnxBackend(HfTokens):
             binding.bind_ortvalue_output(f"present.{layer}.key", k)
             binding.bind_ortvalue_output(f"present.{layer}.value", v)
         binding.bind_output("logits")
-        self.session.run_with_iobinding(binding)
+        options = self._run_options()
+        try:
+            self.session.run_with_iobinding(binding, options)
+        except Exception:
+            # Keys written in place past the cache's tokens are never read: the next run
+            # overwrites them.
+            if options.terminate:
+                raise Interrupted from None
+            raise
+        finally:
+            self._running = None
         logits = binding.get_outputs()[-1].numpy()
         if logits.dtype != np.float32:
             logits = logits.astype(np.float32)

@@ -10,14 +10,15 @@ onnxruntime backend's host arrays, which torch reads and extends in place of its
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 import torch
 from transformers import DynamicCache
 
-from nextab.models.backend import ModelInfo, TokenStats
+from nextab.models.backend import CancelSignal, ModelInfo, TokenStats
 from nextab.models.onnx_backend import OnnxBackend, OnnxCache, add_rows_one_by_one
 from nextab.models.torch_backend import TorchBackend
 
@@ -42,6 +43,13 @@ class SplitBackend:
             max_context=info.max_context,
             exact_multi_token=False,
         )
+
+    @contextmanager
+    def stop_on(self, signal: CancelSignal) -> Iterator[None]:
+        # A long forward runs in torch (which leaves the cache untouched when it stops), a
+        # short one in onnxruntime.
+        with self.decode.stop_on(signal), self.prefill.stop_on(signal):
+            yield
 
     # Everything but long forwards is the decode runtime's.
     def tokenize(self, text: str) -> list[int]:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+import gc
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +24,7 @@ from transformers import (
 )
 
 from nextab.models import static_decode
-from nextab.models.backend import HfTokens, Interrupted, ModelInfo, TokenStats
+from nextab.models.backend import CancelSignal, HfTokens, Interrupted, ModelInfo, TokenStats
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +107,8 @@ class TorchBackend(HfTokens):
             capture = static_decode.capture_cuda_graph
         self._capture = capture
         self._special = dict(tokenizer.get_added_vocab())
+        self._signal: CancelSignal | None = None
+        self._watch_layers(model)
         config = model.config
         text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
         self.info = ModelInfo(
@@ -116,11 +121,60 @@ class TorchBackend(HfTokens):
             max_context=int(getattr(text_config, "max_position_embeddings", 32768)),
         )
 
+    def _watch_layers(self, model: Any) -> None:
+        """A check before each decoder layer: a cancelled pre-fill stops within one layer
+        (milliseconds) instead of finishing a chunk of hundreds of tokens (seconds on a CPU)."""
+        layers = getattr(getattr(model, "model", None), "layers", None)
+        if not isinstance(layers, torch.nn.ModuleList):
+            return  # an unfamiliar architecture stops between chunks only
+        for layer in layers:
+            layer.register_forward_pre_hook(self._stop_if_cancelled)
+
+    def _stop_if_cancelled(self, module: Any, args: Any) -> None:
+        signal = self._signal
+        if signal is not None and signal.cancelled:
+            raise Interrupted
+
+    @contextmanager
+    def stop_on(self, signal: CancelSignal) -> Iterator[None]:
+        """Forwards stop part-way (Interrupted) once `signal` is cancelled, on a dynamic cache:
+        a static cache's graphs run without Python between layers, and fast."""
+        if self.static:
+            yield
+            return
+        self._signal = signal
+        try:
+            yield
+        finally:
+            self._signal = None
+
     def release_memory(self) -> None:
         """Give the allocator's cached blocks back (after an out-of-memory error, the caches
         that held them dropped)."""
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
+
+    def fall_back_to_cpu(self) -> bool:
+        """Move the model to the CPU, for a GPU that runs out of memory even with every cache
+        dropped: slower, but serving. False, changing nothing, when it is on the CPU already.
+
+        Every cache made before the move is invalid (its tensors stay where they were): the
+        caller drops them."""
+        left = self.device.type
+        if left == "cpu":
+            return False
+        # The GPU's dtype may be one the CPU emulates slowly (fp16, bf16 without AMX).
+        dtype = pick_dtype("auto", "cpu")
+        self.model.to(device="cpu", dtype=dtype)
+        self.device = torch.device("cpu")
+        # A CPU step is bound by reading the weights: no static caches, no graph capture.
+        self.static = False
+        self._capture = None
+        self.info = dataclasses.replace(
+            self.info, device="cpu", dtype=str(dtype).removeprefix("torch.")
+        )
+        _release_device_memory(left)
+        return True
 
     @classmethod
     def load(cls, path: Path | str, name: str, device: str = "auto", dtype: str = "auto") -> TorchBackend:
@@ -183,14 +237,18 @@ class TorchBackend(HfTokens):
             return logits.float().cpu().numpy()
         ids = torch.tensor([list(tokens)], dtype=torch.long, device=self.device)
         positions = torch.arange(start, start + len(tokens), device=self.device)
-        out = self.model(
-            input_ids=ids,
-            past_key_values=cache.kv,
-            use_cache=True,
-            cache_position=positions,
-            position_ids=positions.unsqueeze(0),
-            logits_to_keep=0 if every else 1,
-        )
+        try:
+            out = self.model(
+                input_ids=ids,
+                past_key_values=cache.kv,
+                use_cache=True,
+                cache_position=positions,
+                position_ids=positions.unsqueeze(0),
+                logits_to_keep=0 if every else 1,
+            )
+        except Interrupted:
+            _cut_layers(cache.kv, start)
+            raise
         cache.tokens.extend(int(t) for t in tokens)
         if len(tokens) == 1 and isinstance(cache.kv, StaticCache):
             # This eager step was the warm-up at this shape: the next ones replay a graph.
@@ -446,6 +504,25 @@ class TorchBackend(HfTokens):
             torch.cat(p).cpu().numpy() if p else np.zeros((0, width_out), dtype=np.float32)
             for p in pieces
         ]
+
+
+def _cut_layers(kv: Any, length: int) -> None:
+    """Back to `length` tokens after a forward stopped part-way: the layers it ran hold the
+    new tokens, the others do not."""
+    for layer in getattr(kv, "layers", ()):
+        extra = int(layer.get_seq_length()) - length
+        if extra > 0:
+            layer.crop(-extra)
+
+
+def _release_device_memory(kind: str) -> None:
+    # Tensors that only a reference cycle still holds are collected first, so that emptying
+    # the allocator's cache gives their blocks back too.
+    gc.collect()
+    if kind == "cuda":
+        torch.cuda.empty_cache()
+    elif kind == "mps":
+        torch.mps.empty_cache()
 
 
 def check_scoring_args(sequences: Sequence[Sequence[int]], starts: Sequence[int]) -> None:

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from nextab import __version__
+from nextab import __version__, heap
 from nextab.config import Config, from_env, load, to_settings
 
 
@@ -464,6 +464,7 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> Any:
+    heap.tune_allocator()  # before the threads and buffers it is for exist
     args = make_parser().parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(),

@@ -15,8 +15,8 @@ import threading
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -32,7 +32,14 @@ from nextab.context.repository import Material
 from nextab.context.secrets import SecretPaths, uri_path
 from nextab.context.syntax import Snapshot
 from nextab.context.window import WindowLimits, cut_window
-from nextab.models.backend import Backend, Interrupted, KVCache, common_prefix_length
+from nextab.models.backend import (
+    Backend,
+    Callbacks,
+    Interrupted,
+    KVCache,
+    common_prefix_length,
+    interruptible,
+)
 from nextab.models.batch_decoding import BatchItem, decode_batch
 from nextab.models.decoding import (
     NEVER_CANCELLED,
@@ -166,12 +173,14 @@ class Engine:
         self.workspace: Workspace | None = None
         # Completions waiting for the model: background preparation yields to them.
         self._waiting = 0
+        self._preempt = Preemption(self._should_yield)
         self._wake = threading.Event()
         self._preparer: threading.Thread | None = None
         self._to_warm: OrderedDict[int, tuple[weakref.ref[Document], int, str | None]] = OrderedDict()
         self._closing = False
         self._last_request = 0.0
         self._secrets = SecretPaths(config.context.exclude)  # judges paths without a workspace
+        self._notices: list[str] = []  # for the user, once each (take_notices)
 
     @classmethod
     def load(cls, config: Config, *, progress: bool = True) -> Engine:
@@ -308,12 +317,13 @@ class Engine:
                 cache = self._cache_for(document)
                 reused = common_prefix_length(cache.tokens, built.ids)
                 self.backend.truncate(cache, reused)
-                for begin in range(reused, len(built.ids), WARM_CHUNK):
-                    if self._waiting or self._closing:
-                        break
-                    piece = built.ids[begin : begin + WARM_CHUNK]
-                    self.backend.forward(cache, piece)
-                    computed += len(piece)
+                with interruptible(self.backend, self._preempt), suppress(Interrupted):
+                    for begin in range(reused, len(built.ids), WARM_CHUNK):
+                        if self._waiting or self._closing:
+                            break
+                        piece = built.ids[begin : begin + WARM_CHUNK]
+                        self.backend.forward(cache, piece)
+                        computed += len(piece)
             log.debug(
                 "warmed %s: %d of %d prompt tokens computed in %.0f ms",
                 document.uri, computed, len(built.ids), (time.perf_counter() - started) * 1000,
@@ -323,6 +333,7 @@ class Engine:
         workspace, self.workspace = self.workspace, None
         if self._preparer is not None:
             self._closing = True
+            self._preempt.fire()
             self._wake.set()
             self._preparer.join(timeout=30)
             self._preparer = None
@@ -363,6 +374,11 @@ class Engine:
 
     def _should_yield(self) -> bool:
         return self._closing or self._waiting > 0
+
+    def _wait_for_model(self) -> None:
+        """A request now waits for the lock: background work in a forward stops part-way."""
+        self._waiting += 1
+        self._preempt.fire()
 
     def is_private(self, *paths: str | None) -> bool:
         """Whether any of these paths or URIs names a document that must not reach a prompt:
@@ -442,7 +458,7 @@ class Engine:
         prompted = time.perf_counter()
         # Completions come from one thread (the caller's model thread), so a plain counter is
         # enough; the preparer only reads it.
-        self._waiting += 1
+        self._wait_for_model()
         try:
             with self._lock:
                 self._waiting -= 1
@@ -490,8 +506,9 @@ class Engine:
         """Decode on the document's cache (the engine's lock held). A step that fails part-way
         may have written keys for tokens the cache never recorded, so a failure drops the
         document's cache: this request fails, the next starts clean. Out of memory drops every
-        document's cache and tries once more, cold."""
-        for attempt in (1, 2):
+        document's cache and tries once more, cold; out of memory again moves the model to the
+        CPU where the backend can, and tries a last time there."""
+        for attempt in (1, 2, 3):
             cache = self._cache_for(document)
             try:
                 return decoder.decode(self.backend, cache, built.ids, params, cancel, built.healing)
@@ -499,15 +516,42 @@ class Engine:
                 raise
             except Exception as error:
                 document.kv = None
-                if attempt == 2 or not _out_of_memory(error):
+                if not _out_of_memory(error) or not self._made_room(attempt, error):
                     raise
-                log.warning(
-                    "out of memory while decoding (%s): dropped the KV caches of %d documents "
-                    "and tried again",
-                    error, len(self._cached),
-                )  # fmt: skip
-                self._drop_caches()
         raise AssertionError("unreachable")
+
+    def _made_room(self, attempt: int, error: Exception) -> bool:
+        """After the `attempt`-th try ran out of memory: whether memory was freed for another."""
+        if attempt == 1:
+            log.warning(
+                "out of memory while decoding (%s): dropped the KV caches of %d documents "
+                "and tried again",
+                error, len(self._cached),
+            )  # fmt: skip
+            self._drop_caches()
+            return True
+        return attempt == 2 and self._fall_back_to_cpu(error)
+
+    def _fall_back_to_cpu(self, error: Exception) -> bool:
+        fall_back = getattr(self.backend, "fall_back_to_cpu", None)
+        if fall_back is None or not fall_back():
+            return False
+        self._drop_caches()  # what they hold stayed on the device the model left
+        message = (
+            f"the GPU ran out of memory even with every cached prompt dropped ({error}): "
+            f"{self.backend.info.name} now runs on the CPU, slower, until nextab restarts"
+        )
+        log.warning("%s", message)
+        self._notices.append(message)
+        if self.workspace is not None:  # what suits a GPU (LongCodeZip) takes minutes on a CPU
+            self.workspace.settings = self._workspace_settings(self.config.context)
+        return True
+
+    def take_notices(self) -> list[str]:
+        """Messages for the user (the editor shows them), each returned once."""
+        # One swap: a notice the model thread adds meanwhile lands in one list or the other.
+        notices, self._notices = self._notices, []
+        return notices
 
     def _drop_caches(self) -> None:
         for ref in self._cached.values():
@@ -515,6 +559,7 @@ class Engine:
             if cached is not None:
                 cached.kv = None
         self._cached.clear()
+        self._rewrite_cache = None
         release = getattr(self.backend, "release_memory", None)
         if release is not None:
             release()
@@ -565,7 +610,7 @@ class Engine:
             for i in greedy
         ]
         found: dict[int, Suggestion] = {i: _nothing(started) for i in refused}
-        self._waiting += 1
+        self._wait_for_model()
         try:
             with self._lock:
                 self._waiting -= 1
@@ -649,7 +694,7 @@ class Engine:
             stop_check=rewrite_stop_check,
             draft=prompt.draft,
         )
-        self._waiting += 1
+        self._wait_for_model()
         try:
             with self._lock:
                 self._waiting -= 1
@@ -667,7 +712,7 @@ class Engine:
         between."""
         found = []
         for material in materials:
-            self._waiting += 1
+            self._wait_for_model()
             try:
                 with self._lock:
                     self._waiting -= 1
@@ -861,12 +906,37 @@ class _LockedScorer:
         return self._scorer.count_tokens(text)  # the tokenizer is thread-safe and model-free
 
     def nll_batch(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
-        with self._engine._lock, _cancelled_when_interrupted():
+        with self._engine._lock, self._stoppable():
             return self._scorer.nll_batch(pairs)
 
     def line_nll_batch(self, pairs: Sequence[tuple[str, str]]) -> list[list[float]]:
-        with self._engine._lock, _cancelled_when_interrupted():
+        with self._engine._lock, self._stoppable():
             return self._scorer.line_nll_batch(pairs)
+
+    @contextmanager
+    def _stoppable(self) -> Iterator[None]:
+        engine = self._engine
+        with _cancelled_when_interrupted(), interruptible(engine.backend, engine._preempt):
+            yield
+
+
+class Preemption:
+    """A cancel signal for the engine's background model work (warming a prompt, scoring
+    context): it reads as cancelled while a request waits for the model, and `fire` stops a
+    forward in progress, so that the request waits milliseconds rather than a chunk's
+    seconds on a CPU. Unlike a request's CancelToken it re-arms when nobody waits."""
+
+    def __init__(self, should_yield: Callable[[], bool]) -> None:
+        self._should_yield = should_yield
+        self._callbacks = Callbacks()
+        self.fire = self._callbacks.fire
+
+    @property
+    def cancelled(self) -> bool:
+        return self._should_yield()
+
+    def on_cancel(self, callback: Callable[[], None]) -> Callable[[], None]:
+        return self._callbacks.add(callback)
 
 
 @contextmanager

@@ -31,7 +31,7 @@ def test_a_short_soak_serves_every_document_and_measures_the_server(
     assert result["cycles"] >= 2
     assert result["status_ms"]["n"] >= 5 and result["status_ms"]["failed"] == 0
     assert result["cancel_to_answer_ms"]["n"] == requests["cancelled"]
-    assert set(result["cancel_to_stop_ms"]) == {"n", "p50", "max"}  # the server's own count
+    assert set(result["cancel_to_stop_ms"]) == {"n", "p50", "p99", "max"}  # the server's own count
     memory = result["memory"]
     if os.path.isdir("/proc/self/fd"):
         assert memory["rss_mb_after_warmup"] > 50 and memory["open_files_end"] > 0

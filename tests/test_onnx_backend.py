@@ -266,3 +266,69 @@ def test_drafted_decoding_equals_greedy_on_onnxruntime(models) -> None:
         assert drafted.drafted_tokens > 0
         checked += looked.drafted_tokens
     assert checked > 0
+
+
+class _CancelledBetweenCheckAndRun:
+    """A cancel signal whose cancel lands right after the backend's last look at it, just
+    before the run starts: only the run's terminate flag can stop that run."""
+
+    def __init__(self) -> None:
+        self.callbacks: list = []
+        self.fired = False
+
+    @property
+    def cancelled(self) -> bool:
+        if not self.fired:
+            self.fired = True
+            for callback in self.callbacks:
+                callback()
+            return False
+        return True
+
+    def on_cancel(self, callback):
+        self.callbacks.append(callback)
+        return lambda: self.callbacks.remove(callback)
+
+
+def test_a_cancel_stops_a_running_forward_and_the_cache_is_as_before(models) -> None:
+    from nextab.models.backend import Interrupted
+
+    onnx, *_ = models
+    ids = onnx.tokenize(PROMPTS[1] + PROMPTS[2])
+    head, tail = ids[:5], ids[5:]
+    cache = onnx.new_cache()
+    onnx.forward(cache, head)
+    signal = _CancelledBetweenCheckAndRun()
+    with onnx.stop_on(signal), pytest.raises(Interrupted):
+        onnx.forward(cache, tail)
+    assert signal.fired and not signal.callbacks  # removed on the way out
+    assert list(cache.tokens) == head
+    np.testing.assert_allclose(
+        onnx.forward(cache, tail), onnx.forward(onnx.new_cache(), ids), atol=1e-5
+    )
+
+
+def test_prefill_cancelled_from_another_thread_leaves_a_usable_cache(models) -> None:
+    import threading
+
+    from nextab.models.decoding import Cancelled, CancelToken, prefill
+
+    onnx, *_ = models
+    ids = onnx.tokenize("".join(PROMPTS) * 6)
+    expected = onnx.forward(onnx.new_cache(), ids)
+    for delay in (0.0, 0.001, 0.003, 0.01):
+        cache = onnx.new_cache()
+        token = CancelToken()
+        timer = threading.Timer(delay, token.cancel)
+        timer.start()
+        try:
+            logits, _ = prefill(onnx, cache, ids, token, chunk=16)
+        except Cancelled:
+            logits = None
+        timer.join()
+        held = list(cache.tokens)
+        assert held == ids[: len(held)]  # whole chunks only, wherever the cancel landed
+        if logits is None:
+            logits, reused = prefill(onnx, cache, ids, CancelToken(), chunk=16)
+            assert reused == min(len(held), len(ids) - 1)
+        np.testing.assert_allclose(logits, expected, atol=1e-4)

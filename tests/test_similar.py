@@ -85,3 +85,38 @@ def test_scores_match_the_okapi_formula_after_updates(
     got = {int(h.passage.path[:-3]): h.score for h in index.search(query, limit=100)}
     for i, score in enumerate(expected):
         assert math.isclose(got.get(i, 0.0), score, rel_tol=1e-9, abs_tol=1e-12)
+
+
+def test_a_file_can_change_while_a_search_scans() -> None:
+    # A search over a 10,000-file pool takes long enough that, holding the index's lock, it
+    # stalled the editor's didOpen (which sets the opened file's passages) behind it.
+    import threading
+
+    index = SimilarityIndex()
+    index.set_file("a.py", [passage("a.py", "def parse_header(line): return line")])
+    index.set_file("b.py", [passage("b.py", "def parse_body(text): return text")])
+    scanning, finish = threading.Event(), threading.Event()
+    score = index._score
+
+    def slow_score(*args):
+        scanning.set()
+        finish.wait(5)
+        return score(*args)
+
+    index._score = slow_score  # type: ignore[method-assign]
+    found: list = []
+    searcher = threading.Thread(target=lambda: found.extend(index.search("parse header")))
+    searcher.start()
+    assert scanning.wait(5)
+    changed = threading.Thread(
+        target=index.set_file, args=("c.py", [passage("c.py", "parse_header = None")])
+    )
+    changed.start()
+    changed.join(2)
+    assert not changed.is_alive()  # not waiting for the scan
+    finish.set()
+    searcher.join(5)
+    assert found[0].passage.path == "a.py"  # the scan saw the pool as it began
+    assert {h.passage.path for h in found} <= {"a.py", "b.py"}
+    index._score = score  # type: ignore[method-assign]
+    assert "c.py" in {h.passage.path for h in index.search("parse header")}
