@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # soak.py, beside this
 from latency import machine_info
 from soak import _plain, pcts
 
-from nextab.bench_accept import BASE_OPTIONS, REQUEST_TIMEOUT_S, LspServer, merge
+from nextab.bench_accept import BASE_OPTIONS, LspServer, merge
 from nextab.context.document import Position, Range
 
 STOP_TARGET_MS = 200.0
@@ -117,12 +117,12 @@ async def _trial(server: LspServer, uri: str, text: str, lines: list[str], delay
         deep += 1
     indent = len(lines[deep]) - len(lines[deep].lstrip())
     server.open(uri, "python", text)
-    first = asyncio.ensure_future(_ask(server, uri, Position(deep, indent)))
+    first = asyncio.ensure_future(server.inline_completion(uri, Position(deep, indent)))
     await asyncio.sleep(delay)
     top = next(n for n, line in enumerate(lines) if line.strip())
     changed = time.perf_counter()
     server.change(uri, 2, Range(Position(top, 0), Position(top, 0)), "# ")
-    second = asyncio.ensure_future(_ask(server, uri, Position(top, 2)))
+    second = asyncio.ensure_future(server.inline_completion(uri, Position(top, 2)))
     # A superseded request is answered null; one that finished before the change is not.
     was_superseded = await first is None
     superseded_ms = (time.perf_counter() - changed) * 1000
@@ -130,21 +130,6 @@ async def _trial(server: LspServer, uri: str, text: str, lines: list[str], delay
     next_ms = (time.perf_counter() - changed) * 1000
     server.close(uri)
     return Trial(delay, was_superseded, superseded_ms, next_ms)
-
-
-async def _ask(server: LspServer, uri: str, at: Position) -> Any:
-    from lsprotocol import types
-
-    request = server.client.text_document_inline_completion_async(
-        types.InlineCompletionParams(
-            text_document=types.TextDocumentIdentifier(uri=uri),
-            position=types.Position(at.line, at.character),
-            context=types.InlineCompletionContext(
-                trigger_kind=types.InlineCompletionTriggerKind.Automatic
-            ),
-        )
-    )
-    return await asyncio.wait_for(request, REQUEST_TIMEOUT_S)
 
 
 def main(argv: list[str] | None = None) -> int:

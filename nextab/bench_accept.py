@@ -657,7 +657,8 @@ class LspServer:
             types.DidCloseTextDocumentParams(text_document=types.TextDocumentIdentifier(uri=uri))
         )
 
-    async def suggest(self, uri: str, position: Position) -> str | tuple[str, Position]:
+    async def inline_completion(self, uri: str, position: Position) -> Any:
+        """The server's answer as it came: None for a superseded request."""
         from lsprotocol import types
 
         request = self.client.text_document_inline_completion_async(
@@ -671,10 +672,15 @@ class LspServer:
         )
         try:
             # A server that died or hangs must end the run, not stall it forever.
-            result = await asyncio.wait_for(request, REQUEST_TIMEOUT_S)
+            return await asyncio.wait_for(request, REQUEST_TIMEOUT_S)
         except TimeoutError:
             tail = "\n".join(self.stderr_tail)
             raise BenchError(f"no answer in {REQUEST_TIMEOUT_S} s; the server's log ends:\n{tail}") from None
+
+    async def suggest(self, uri: str, position: Position) -> str | tuple[str, Position]:
+        from lsprotocol import types
+
+        result = await self.inline_completion(uri, position)
         items = result.items if isinstance(result, types.InlineCompletionList) else (result or [])
         if not items or not isinstance(items[0].insert_text, str):
             return ""

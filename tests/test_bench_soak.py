@@ -48,8 +48,20 @@ def test_growth_is_measured_from_the_end_of_the_warm_up() -> None:
     args = type("Args", (), {"minutes": 1.5, "documents": 1, "typing_speed": 20})()
     memory = soak.summarize(run, 30, args)["memory"]
     assert memory["rss_mb_after_warmup"] == 300 and memory["rss_growth_mb"] == 40
+    assert memory["rss_growth_median_mb"] == 40  # two samples: a stretch of one each
     targets = soak.summarize(run, 30, args)["targets"]
     assert targets["rss_growth_under_50_mb"] and targets["open_files_flat"]
     run.samples.append(soak.Sample(120, 360, 9))
     targets = soak.summarize(run, 30, args)["targets"]
     assert not targets["rss_growth_under_50_mb"] and not targets["open_files_flat"]
+
+
+def test_the_median_growth_reads_the_trend_not_the_swings() -> None:
+    # Flat at 1,300 MB with a cold prompt's buffers live in every third sample.
+    flat = [1300 + (100 if n % 3 == 0 else 0) for n in range(60)]
+    samples = [soak.Sample(n * 5, rss, 9) for n, rss in enumerate([1000, *flat])]
+    assert soak.steady_growth(samples, 5) == 0
+    growing = [rss + n * 2 for n, rss in enumerate(flat)]  # +2 MB a sample: ~+100 MB
+    samples = [soak.Sample(n * 5, rss, 9) for n, rss in enumerate([1000, *growing])]
+    assert 90 <= soak.steady_growth(samples, 5) <= 110
+    assert soak.steady_growth(samples[:2], 5) is None
