@@ -146,3 +146,44 @@ def test_a_callback_is_never_called_after_its_removal_returns() -> None:
     remover.join(5)
     canceller.join(5)
     assert removed.is_set() and calls == ["slow"]
+
+
+def test_warming_a_prompt_stops_inside_a_forward_when_a_request_waits(tiny_backend) -> None:
+    import weakref
+
+    from nextab.config import Config
+    from nextab.context.document import Document
+    from nextab.engine import WARM_CHUNK, CompletionRequest, Engine
+
+    text = PROMPTS[1] * 30
+    engine = Engine(Config(), tiny_backend)
+    doc = Document("file:///a.py", text)
+    built = engine.prompt_for(CompletionRequest(doc, len(text), text))
+    assert len(built.ids) > 3 * WARM_CHUNK
+    calls = 0
+    original = tiny_backend.forward
+
+    def forward(cache, tokens, every=False):
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            engine._wait_for_model()  # a completion asks for the model during the 2nd chunk
+        return original(cache, tokens, every)
+
+    # The preparer's loop, run here rather than on its thread, so the test steers it.
+    engine._to_warm[id(doc)] = (weakref.ref(doc), len(text), None)
+    tiny_backend.forward = forward
+    try:
+        engine._warm_pending()
+    finally:
+        del tiny_backend.forward
+        engine._waiting -= 1
+    assert calls == 2
+    assert list(doc.kv.tokens) == list(built.ids[:WARM_CHUNK])  # the 2nd chunk did not finish
+    assert set(_layer_lengths(doc.kv)) == {WARM_CHUNK}
+    warmed = engine.complete(CompletionRequest(doc, len(text), text))
+    fresh = Engine(Config(), tiny_backend).complete(
+        CompletionRequest(Document("file:///b.py", text), len(text), text)
+    )
+    assert warmed.metrics.reused_tokens == WARM_CHUNK
+    assert warmed.text == fresh.text
