@@ -42,9 +42,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # soak.py, beside this script
 
 from latency import machine_info
-from soak import _plain, pcts
+from soak import _plain, add_server_arguments, pcts, server_options
 
-from nextab.bench_accept import BASE_OPTIONS, LspServer, merge
+from nextab.bench_accept import LspServer
 from nextab.context.document import Position, Range
 
 STOP_TARGET_MS = 200.0
@@ -59,7 +59,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     lines = text.splitlines()
     if len(lines) < 20:
         raise SystemExit(f"{source}: too short for a deep completion")
-    options = merge(BASE_OPTIONS, json.loads(args.options) if args.options else {})
+    options = server_options(args)
     server = await LspServer.start(args.model, args.device, options)
     trials: list[Trial] = []
     try:
@@ -140,11 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--file", type=Path, help=f"a Python file (default: the stdlib's {DEFAULT_FILE})"
     )
-    parser.add_argument(
-        "--model", default="embedded", help="passed to the server (default embedded)"
-    )
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--options", help="JSON merged into the server's initializationOptions")
+    add_server_arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level="WARNING", stream=sys.stderr)
     if args.trials < 1 or args.max_delay_s < args.min_delay_s:

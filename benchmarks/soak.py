@@ -193,8 +193,7 @@ def _copies(files: list[Path], folder: Path) -> list[Path]:
 
 
 async def _soak(args: argparse.Namespace, lanes: list[list[Place]]) -> dict[str, Any]:
-    # `nextab bench accept`'s options (nothing persisted, no acceptance log), then the user's.
-    options = merge(BASE_OPTIONS, json.loads(args.options) if args.options else {})
+    options = server_options(args)
     server = await LspServer.start(args.model, args.device, options)
     pid = server.client._server.pid  # type: ignore[union-attr]
     soak = Soak()
@@ -300,6 +299,20 @@ def summarize(soak: Soak, warmup_s: float, args: argparse.Namespace) -> dict[str
     }
 
 
+def add_server_arguments(parser: argparse.ArgumentParser) -> None:
+    """The server's model, device and settings: the same flags in each benchmark of the server."""
+    parser.add_argument(
+        "--model", default="embedded", help="passed to the server (default embedded)"
+    )
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--options", help="JSON merged into the server's initializationOptions")
+
+
+def server_options(args: argparse.Namespace) -> dict[str, Any]:
+    """`nextab bench accept`'s options (nothing persisted, no acceptance log), then the user's."""
+    return merge(BASE_OPTIONS, json.loads(args.options) if args.options else {})
+
+
 def steady_growth(measured: list[Sample], warmup_s: float) -> float | None:
     """The median RSS of the run's last stretch minus that of its first stretch after the
     warm-up (each a sixth of what follows the warm-up, at least one sample). RSS swings by
@@ -337,11 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-next-edit", action="store_true", help="no nextab/nextEdit per place")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--model", default="embedded", help="passed to the server (default embedded)"
-    )
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--options", help="JSON merged into the server's initializationOptions")
+    add_server_arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level="WARNING", stream=sys.stderr)
     try:
