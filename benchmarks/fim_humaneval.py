@@ -30,6 +30,7 @@ from typing import Any, Literal
 from nextab.context.cursor import RequestedMode
 from nextab.context.document import Document
 from nextab.engine import CompletionRequest
+from nextab.models.decoding import DECODERS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data" / "humaneval-infilling"
@@ -92,6 +93,8 @@ class TaskResult:
     evaluated_tokens: int = 0
     drafted_tokens: int = 0  # prompt-lookup drafts checked (models/drafting.py)
     accepted_tokens: int = 0  # and taken
+    large_tokens: int = 0  # tokens the large model decided (two-model decoding)
+    fallback: str = ""  # why a two-model strategy answered with the small model alone
 
 
 # --- tasks ------------------------------------------------------------------------------------
@@ -148,7 +151,11 @@ def apply_suggestion(text: str, offset: int, inserted: str, replace: int) -> str
 
 
 def run_task(
-    engine: Any, task: Task, mode: RequestedMode = "auto", max_tokens: int | None = None
+    engine: Any,
+    task: Task,
+    mode: RequestedMode = "auto",
+    max_tokens: int | None = None,
+    decoding: str | None = None,
 ) -> TaskResult:
     text = task.prompt + task.suffix
     offset = len(task.prompt)
@@ -160,6 +167,7 @@ def run_task(
         text=text,
         mode=mode,
         max_tokens=max_tokens,
+        decoding=decoding,
     )
     try:
         suggestion = engine.complete(request)
@@ -183,11 +191,13 @@ def run_task(
         stop_reason=suggestion.stop_reason,
         mode=suggestion.mode,
         replace=suggestion.replace,
-        decoding=getattr(getattr(engine, "config", None), "decoding", "greedy"),
+        decoding=decoding or getattr(getattr(engine, "config", None), "decoding", "greedy"),
         paused_steps=m.paused_steps,
         evaluated_tokens=m.evaluated_tokens,
         drafted_tokens=m.drafted_tokens,
         accepted_tokens=m.accepted_tokens,
+        large_tokens=m.large_tokens,
+        fallback=m.fallback,
     )
 
 
@@ -272,7 +282,9 @@ def run_benchmark(
     """Complete every task in turn; the checks run beside the model, `workers` at a time.
 
     With several `decodings`, each task is completed once per strategy, one right after the
-    other, so that the strategies' latencies see the same machine state.
+    other, so that the strategies' latencies see the same machine state. Each request names
+    its strategy: switching the engine's would load and drop a two-model strategy's large
+    model at every task.
 
     Threads suffice for the pool: each one only waits on its `python -I` child, and a
     process pool would fork a copy of the loaded model.
@@ -282,17 +294,20 @@ def run_benchmark(
     from tqdm import tqdm
 
     tasks = list(tasks)
-    configs = [replace(engine.config, decoding=d) for d in decodings] or [engine.config]
+    config = getattr(engine, "config", None)
+    if config is not None and not config.needs_large:
+        # The large model is loaded once, for the whole run, if any strategy needs it.
+        paired = [c for c in (replace(config, decoding=d) for d in decodings) if c.needs_large]
+        if paired:
+            engine.reconfigure(paired[0])
     results: list[TaskResult] = []
     futures: list[Future[TaskResult]] = []
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="check") as pool:
         for task in tqdm(
             tasks, desc="complete", unit="task", file=sys.stderr, disable=not progress
         ):
-            for config in configs:
-                if config is not engine.config:
-                    engine.reconfigure(config)
-                result = run_task(engine, task, mode, max_tokens)
+            for decoding in decodings or [None]:
+                result = run_task(engine, task, mode, max_tokens, decoding)
                 results.append(result)
                 futures.append(pool.submit(score, task, result, check_timeout_s))
         for future in tqdm(
@@ -387,6 +402,12 @@ def summarise(results: Sequence[TaskResult]) -> dict[str, Any]:
             "accepted_per_token": round(
                 sum(r.accepted_tokens for r in results) / max(1, sum(r.generated_tokens for r in results)), 4
             ),
+            # Two-model decoding: the share of generated tokens the large model decided, and
+            # the completions where it could not take part.
+            "large_share": round(
+                sum(r.large_tokens for r in results) / max(1, sum(r.generated_tokens for r in results)), 4
+            ),
+            "fallbacks": dict(Counter(r.fallback for r in results if r.fallback)),
         },
         "stop_reasons": dict(Counter(r.stop_reason for r in results)),
         "modes": dict(Counter(r.mode for r in results)),
@@ -459,7 +480,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--decoding",
         nargs="+",
-        choices=["greedy", "adadec", "beam"],
+        choices=list(DECODERS),
         default=None,
         help="compare these strategies task by task in one run (default: the config's one)",
     )

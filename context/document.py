@@ -85,6 +85,7 @@ class Document:
         self.language_id = language_id
         self.version = version
         self.kv: Any = None
+        self.kv_large: Any = None  # the large model's cache (two-model decoding)
         self.given: Any = None
         self.inflight: dict[str, Any] = {}
         self._set_text(text)

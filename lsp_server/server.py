@@ -21,7 +21,7 @@ import logging
 import os
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -231,6 +231,9 @@ class NextabServer(LanguageServer):
         self.indexing: tuple[int, int] | None = None  # files indexed, of how many
         self.last_latency_ms: float | None = None
         self.last_source: str | None = None
+        # Tokens the model computed for completions since start, those the large model of
+        # two-model decoding decided, and why it sat some out: its share of the work.
+        self.tokens = Counter[str]()
         # The last completion served per document: its stage budget goes into the acceptance
         # log with the editor's report of what became of it.
         self.served: dict[str, Metrics] = {}
@@ -318,14 +321,19 @@ class NextabServer(LanguageServer):
         loading, indexing progress, the last completion's latency."""
         future = self.engine_future
         state, model, error = "starting", {}, None
+        large: dict[str, str] | None = None
         if future is not None and future.done():
             failure = None if future.cancelled() else future.exception()
             if failure is not None or future.cancelled():
                 state, error = "failed", str(failure or "cancelled")
             else:
                 state = "ready"
-                info = future.result().backend.info
+                engine = future.result()
+                info = engine.backend.info
                 model = {"name": info.name, "device": info.device, "dtype": info.dtype}
+                if engine.large is not None:
+                    info = engine.large.info
+                    large = {"name": info.name, "device": info.device, "dtype": info.dtype}
         elif future is not None:
             state = "loading"
         indexing = None
@@ -338,12 +346,20 @@ class NextabServer(LanguageServer):
             "error": error,
             "model": model,
             "decoding": self.config.decoding,
+            # The large model of two-model decoding, where one is loaded (null otherwise).
+            "largeModel": large,
             "indexing": indexing,
             "lastLatencyMs": round(self.last_latency_ms, 1) if self.last_latency_ms is not None else None,
             # "model" or "typed-ahead": where the last completion came from.
             "lastSource": self.last_source,
             "acceptanceLog": str(self.acceptance.path) if self.config.acceptance_log else None,
             "cancelStopMs": _stop_stats(list(self.cancel_stops)),
+            # Completions' tokens since start: generated, and decided by the large model; and
+            # completions a two-model strategy answered with the small model alone, by why.
+            "tokens": {"generated": self.tokens["generated"], "large": self.tokens["large"]},
+            "fallbacks": {
+                key.removeprefix("fallback:"): n for key, n in self.tokens.items() if key.startswith("fallback:")
+            },
         }
 
     def history(self) -> EditHistory:
@@ -502,6 +518,9 @@ class NextabServer(LanguageServer):
         m = suggestion.metrics
         self.last_latency_ms = m.total_ms
         self.last_source = m.source
+        self.tokens.update(generated=m.generated_tokens, large=m.large_tokens)
+        if m.fallback:
+            self.tokens[f"fallback:{m.fallback}"] += 1
         self.served[uri] = m
         log.info(
             "%s:%d:%d %s %.0f ms (%s; prompt %d, context %d, reused %d, new %d)",

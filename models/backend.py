@@ -208,6 +208,13 @@ class TokenStats:
     logprobs: np.ndarray  # float32, of the actual token
     entropies: np.ndarray  # float32, of the next-token distribution, in nats
     greedy: np.ndarray  # bool, the actual token was the argmax
+    argmax: np.ndarray | None = None  # int64, the model's first choice (pairing two models)
+
+    @classmethod
+    def from_rows(cls, rows: np.ndarray) -> TokenStats:
+        """From (n, 4) rows: log-probability, entropy, 1.0 where greedy, argmax (as float32,
+        exact for vocabularies under 2**24)."""
+        return cls(rows[:, 0], rows[:, 1], rows[:, 2] > 0.5, rows[:, 3].astype(np.int64))
 
 
 class Interrupted(Exception):

@@ -26,6 +26,7 @@ from nextab.storage import CHECKSUM_FIELD, quarantine, seal, unseal, write_atomi
 
 FORMAT = "nextab.adadec-calibration/3"  # 3: checksummed (nextab.storage.seal)
 UNCHECKED_FORMAT = "nextab.adadec-calibration/2"  # the same record without a checksum
+PAIR_FORMAT = "nextab.ead-calibration/1"  # EAD's threshold for a pair of models, checksummed
 
 
 @dataclass(frozen=True)
@@ -123,15 +124,36 @@ def model_identity(model_path: Path) -> str:
     return digest.hexdigest()[:16]
 
 
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-")[:60] or "model"
+
+
 def calibration_path(model_path: Path, name: str) -> Path:
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-")[:60] or "model"
-    return cache_dir() / "calibration" / f"{slug}-{model_identity(model_path)}.json"
+    return cache_dir() / "calibration" / f"{_slug(name)}-{model_identity(model_path)}.json"
+
+
+def pair_calibration_path(small: tuple[Path, str], large: tuple[Path, str]) -> Path:
+    """Where EAD's threshold for a (model path, name) pair is kept: changing either model
+    makes it another pair."""
+    identity = hashlib.sha256(f"{model_identity(small[0])}+{model_identity(large[0])}".encode())
+    slug = f"{_slug(small[1])[:40]}+{_slug(large[1])[:40]}"
+    return cache_dir() / "calibration" / f"{slug}-{identity.hexdigest()[:16]}.json"
 
 
 def save_calibration(model_path: Path, name: str, fit: ThresholdFit, details: dict[str, Any]) -> Path:
-    path = calibration_path(model_path, name)
+    return _save(calibration_path(model_path, name), FORMAT, name, fit, details)
+
+
+def save_pair_calibration(
+    small: tuple[Path, str], large: tuple[Path, str], fit: ThresholdFit, details: dict[str, Any]
+) -> Path:
+    path = pair_calibration_path(small, large)
+    return _save(path, PAIR_FORMAT, f"{small[1]} + {large[1]}", fit, details)
+
+
+def _save(path: Path, form: str, name: str, fit: ThresholdFit, details: dict[str, Any]) -> Path:
     record = {
-        "format": FORMAT,
+        "format": form,
         "model": name,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         **asdict(fit),
@@ -144,13 +166,21 @@ def save_calibration(model_path: Path, name: str, fit: ThresholdFit, details: di
 def load_threshold(model_path: Path, name: str) -> float | None:
     """The learned threshold for this model, or None if it was never calibrated (or the
     record is damaged: it is moved aside with a warning, and calibrating again fixes that)."""
-    path = calibration_path(model_path, name)
+    return _load(calibration_path(model_path, name), FORMAT, UNCHECKED_FORMAT)
+
+
+def load_pair_threshold(small: tuple[Path, str], large: tuple[Path, str]) -> float | None:
+    """EAD's learned threshold for the pair, None as load_threshold."""
+    return _load(pair_calibration_path(small, large), PAIR_FORMAT, None)
+
+
+def _load(path: Path, form: str, unchecked: str | None) -> float | None:
     try:
         text = path.read_bytes()
     except OSError:  # missing (never calibrated) or unreadable
         return None
     try:
-        checked = _checked(json.loads(text))
+        checked = _checked(json.loads(text), form, unchecked)
     except ValueError as error:
         quarantine(path, f"corrupt ({error})", what="calibration", then="not using it")
         return None
@@ -160,7 +190,7 @@ def load_threshold(model_path: Path, name: str) -> float | None:
     return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
 
 
-def _checked(record: Any) -> dict[str, Any] | None:
+def _checked(record: Any, form: str, unchecked: str | None) -> dict[str, Any] | None:
     """The record if this version reads it, None if it is of another format; ValueError if it
     is damaged. The checksum is checked first, so that damage to the format is damage too."""
     if not isinstance(record, dict):
@@ -169,7 +199,7 @@ def _checked(record: Any) -> dict[str, Any] | None:
         checked = unseal(record)
         if checked is None:
             raise ValueError("its checksum does not match")
-        return checked if checked.get("format") == FORMAT else None
-    if record.get("format") == FORMAT:
+        return checked if checked.get("format") == form else None
+    if record.get("format") == form:
         raise ValueError("its checksum is missing")
-    return record if record.get("format") == UNCHECKED_FORMAT else None
+    return record if unchecked is not None and record.get("format") == unchecked else None

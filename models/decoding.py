@@ -7,7 +7,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -20,6 +20,9 @@ from nextab.models.backend import (
     interruptible,
 )
 from nextab.models.drafting import CopyDrafter, Drafter, Drafters, Lookup, NgramDrafter
+
+if TYPE_CHECKING:
+    from nextab.models.pairing import Partner
 
 
 class Cancelled(Exception):
@@ -80,6 +83,9 @@ class DecodeParams:
     # decoding (a syntax check that cuts a suggestion back). A lookahead branch that ends in
     # text they would cut does not win a pause.
     viable: Callable[[str, str], bool] | None = None  # (text, stop reason)
+    # A larger model sharing the vocabulary, with this document's cache of it: two-model
+    # strategies (models/speculative.py) decide tokens with it. None: the one model alone.
+    partner: Partner | None = None
 
 
 @dataclass(frozen=True)
@@ -137,6 +143,9 @@ class DecodeResult:
     evaluated_tokens: int = 0  # tokens run through the model after the prompt, lookahead included
     drafted_tokens: int = 0  # drafted tokens checked (DecodeParams.draft and .lookup)
     accepted_tokens: int = 0  # and taken
+    large_tokens: int = 0  # tokens the large model decided (two-model strategies)
+    large_computed: int = 0  # tokens the large model ran to catch up with the prompt
+    fallback: str = ""  # why a two-model strategy decoded with the small model alone
 
 
 class Decoder(Protocol):
@@ -207,6 +216,11 @@ class Run:
     drafted: int = 0  # draft tokens checked
     accepted: int = 0  # draft tokens the model agreed with
     prompt: Sequence[int] = ()  # what the model read before `generated` (prompt lookup's source)
+    drafter: Drafter | None = None  # a draft source of the strategy's own, instead of params'
+    state: Any = None  # a strategy's own state for this call
+    large_tokens: int = 0  # tokens the large model decided (two-model strategies)
+    large_computed: int = 0  # tokens the large model ran, catching up included
+    fallback: str = ""  # why a two-model strategy went on with the small model alone
 
     def text_with(self, tokens: Sequence[int]) -> str | None:
         """The completion text after `generated` + `tokens`; None while still healing."""
@@ -256,12 +270,20 @@ class GreedyDecoder:
         logits, reused = prefill(backend, cache, prompt, cancel, params.prefill_chunk)
         prefilled = time.perf_counter()
         run = Run(backend, cache, params, cancel, healing.text if healing else "", [], prompt=prompt)
-        tokens, text, reason = self.generate(run, logits, healing)
+        return self.result(run, self.generate(run, logits, healing), reused, started, prefilled)
+
+    @staticmethod
+    def result(
+        run: Run, generated: tuple[list[int], str, str], reused: int, started: float, prefilled: float
+    ) -> DecodeResult:
+        """The call's result from what `generate` returned and the run's counts; `started`
+        and `prefilled` are perf_counter() times before and after the pre-fill."""
+        tokens, text, reason = generated
         return DecodeResult(
             tokens=tuple(tokens),
             text=text,
             stop_reason=reason,
-            prompt_tokens=len(prompt),
+            prompt_tokens=len(run.prompt),
             reused_tokens=reused,
             prefill_ms=(prefilled - started) * 1000,
             decode_ms=(time.perf_counter() - prefilled) * 1000,
@@ -269,6 +291,9 @@ class GreedyDecoder:
             evaluated_tokens=run.evaluated,
             drafted_tokens=run.drafted,
             accepted_tokens=run.accepted,
+            large_tokens=run.large_tokens,
+            large_computed=run.large_computed,
+            fallback=run.fallback,
         )
 
     def generate(
@@ -365,7 +390,10 @@ def _until_the_end(run: Run, draft: list[int]) -> list[int]:
 
 
 def _drafter(run: Run) -> Drafter | None:
-    """The draft sources a decode call has: the text a rewrite copies, then prompt lookup."""
+    """The draft sources a decode call has: the strategy's own (a draft model), or else the
+    text a rewrite copies, then prompt lookup."""
+    if run.drafter is not None:
+        return run.drafter
     params = run.params
     drafters: list[Drafter] = []
     if params.draft:
@@ -482,7 +510,7 @@ class AdaDecDecoder(GreedyDecoder):
         if self.top_k == 1 or entropy(logits) <= self.threshold:
             return [int(np.argmax(logits))]
         run.paused += 1
-        branches = look_ahead(run, logits, self.top_k, self.lookahead)
+        branches = self.rescore(run, logits, look_ahead(run, logits, self.top_k, self.lookahead))
         # A branch that ends at once has a mean over one or two sure tokens and would win for
         # being short, and one whose text the final checks cut would show less than greedy's:
         # reranking may change what is written, not turn a suggestion into none.
@@ -499,6 +527,11 @@ class AdaDecDecoder(GreedyDecoder):
                 break
             taken.append(token)
         return taken
+
+    def rescore(self, run: Run, logits: np.ndarray, branches: list[Lookahead]) -> list[Lookahead]:
+        """The branches as scored for the choice (`logits`: where they start); a subclass
+        may have another model score them."""
+        return branches
 
 
 @dataclass(frozen=True)
@@ -599,18 +632,43 @@ def _heal(run: Run, logits: np.ndarray, healing: Healing | None) -> tuple[np.nda
     return logits, False
 
 
-DECODERS = ("greedy", "adadec", "beam")
+DECODERS = ("greedy", "adadec", "beam", "speculative", "ead")
 
 
 def make_decoder(
-    name: str, *, threshold: float = math.inf, top_k: int = 3, lookahead: int = 5
+    name: str,
+    *,
+    threshold: float = math.inf,
+    top_k: int = 3,
+    lookahead: int = 5,
+    max_draft: int = 8,
+    stop_threshold: float = 0.3,
+    switch_threshold: float = math.inf,
+    window: int = 3,
+    min_run: int = 2,
+    scorer: str = "self",
 ) -> Decoder:
     """A decoding strategy by name. `top_k` is AdaDec's candidates and beam search's width,
-    so that the two are compared at the same k; `threshold` is AdaDec's entropy threshold."""
+    so that the two are compared at the same k; `threshold` is AdaDec's entropy threshold;
+    `max_draft` and `stop_threshold` bound speculative decoding's drafts; EAD switches to the
+    large model where the mean entropy of the last `window` tokens passes `switch_threshold`;
+    AdaDec's pauses are scored by the large model with `scorer="large"`."""
     if name == "greedy":
         return GreedyDecoder()
+    if name == "adadec" and scorer == "large":
+        from nextab.models.reranking import LargeScoredAdaDec  # it builds on this module
+
+        return LargeScoredAdaDec(threshold, top_k, lookahead)
     if name == "adadec":
         return AdaDecDecoder(threshold, top_k, lookahead)
     if name == "beam":
         return BeamDecoder(top_k)
+    if name == "speculative":
+        from nextab.models.speculative import SpeculativeDecoder  # it builds on this module
+
+        return SpeculativeDecoder(max_draft, stop_threshold)
+    if name == "ead":
+        from nextab.models.switching import EadDecoder  # it builds on this module
+
+        return EadDecoder(switch_threshold, window, min_run)
     raise ValueError(f"unknown decoding strategy {name!r}; known: {', '.join(DECODERS)}")

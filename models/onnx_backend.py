@@ -380,7 +380,7 @@ class OnnxBackend(HfTokens):
 
     def token_stats(self, sequences: Sequence[Sequence[int]], starts: Sequence[int]) -> list[TokenStats]:
         scored = self._scored(sequences, starts, None, 128, stats=True)
-        return [TokenStats(s[:, 0], s[:, 1], s[:, 2] > 0.5) for s in scored]
+        return [TokenStats.from_rows(s) for s in scored]
 
     def _scored(
         self,
@@ -410,7 +410,7 @@ class OnnxBackend(HfTokens):
                 part = logits[lo - begin :]
                 targets = np.array(seq[lo + 1 : end + 1])
                 rows.append(_score_rows(part, targets, stats))
-            width = 3 if stats else 1
+            width = 4 if stats else 1
             results.append(np.concatenate(rows) if rows else np.zeros((0, width), np.float32))
         return results
 
@@ -438,8 +438,9 @@ def _score_rows(logits: np.ndarray, targets: np.ndarray, stats: bool) -> np.ndar
     if not stats:
         return picked[:, None].astype(np.float32)
     entropy = -(np.exp(logprobs) * logprobs).sum(-1)
-    top1 = (logprobs.argmax(-1) == targets).astype(np.float32)
-    return np.stack([picked, entropy, top1], axis=1).astype(np.float32)
+    argmax = logprobs.argmax(-1)
+    top1 = (argmax == targets).astype(np.float32)
+    return np.stack([picked, entropy, top1, argmax], axis=1).astype(np.float32)
 
 
 def _physical_cores() -> int:

@@ -437,7 +437,7 @@ class TorchBackend(HfTokens):
         self, sequences: Sequence[Sequence[int]], starts: Sequence[int]
     ) -> list[TokenStats]:
         scored = self._scored(sequences, starts, None, 128, 128, _row_stats)
-        return [TokenStats(rows[:, 0], rows[:, 1], rows[:, 2] > 0.5) for rows in scored]
+        return [TokenStats.from_rows(rows) for rows in scored]
 
     @torch.inference_mode()
     def _scored(
@@ -548,15 +548,16 @@ def _row_logprobs(
 def _row_stats(
     head: torch.nn.Module, rows: torch.Tensor, targets: torch.Tensor, group: int
 ) -> torch.Tensor:
-    """(n, 3): the target's log-probability, the entropy (nats), and 1.0 where the target is
-    the argmax."""
+    """(n, 4): the target's log-probability, the entropy (nats), 1.0 where the target is the
+    argmax, and the argmax (exact in float32 for vocabularies under 2**24)."""
     out = []
     for begin in range(0, rows.shape[0], group):
         logprobs = head(rows[begin : begin + group]).float().log_softmax(-1)
         picked = targets[begin : begin + group].unsqueeze(-1)
         entropy = -(logprobs.exp() * logprobs).sum(-1, keepdim=True)
-        top1 = (logprobs.argmax(-1, keepdim=True) == picked).float()
-        out.append(torch.cat([logprobs.gather(-1, picked), entropy, top1], dim=-1))
+        argmax = logprobs.argmax(-1, keepdim=True)
+        top1 = (argmax == picked).float()
+        out.append(torch.cat([logprobs.gather(-1, picked), entropy, top1, argmax.float()], dim=-1))
     return torch.cat(out)
 
 

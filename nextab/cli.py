@@ -318,6 +318,31 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     saved = save_calibration(engine.model_path, engine.backend.info.name, fit, details)
     print(json.dumps({"model": engine.backend.info.name, "saved": str(saved),
                       **dataclasses.asdict(fit), **details}, indent=2))
+    if args.large is None:
+        return 0
+    return _calibrate_pair(engine, args, progress)
+
+
+def _calibrate_pair(engine: Any, args: argparse.Namespace, progress: Any) -> int:
+    """EAD's threshold for the model and the large model (`--large`, default `largeModel`)."""
+    from nextab.calibrate import calibrate_pair
+    from nextab.models.calibration import save_pair_calibration
+
+    spec = args.large or engine.config.large_model
+    large = engine.load_large(spec, progress=True)
+    if large is None or engine.large_path is None:
+        print(f"nextab: {engine.take_notices()[-1]}", file=sys.stderr)
+        return 3
+    window = engine.config.ead.window
+    try:
+        fit, details = calibrate_pair(engine, large, args.spans, args.seed, window, progress)
+    except ValueError as error:
+        print(f"nextab: pair calibration failed: {error}", file=sys.stderr)
+        return 1
+    small = (engine.model_path, engine.backend.info.name)
+    saved = save_pair_calibration(small, (engine.large_path, large.info.name), fit, details)
+    print(json.dumps({"pair": [small[1], large.info.name], "saved": str(saved),
+                      **dataclasses.asdict(fit), **details}, indent=2))
     return 0
 
 
@@ -429,6 +454,11 @@ def make_parser() -> argparse.ArgumentParser:
     )
     calibrate.add_argument("--spans", type=int, default=64, help="code spans to learn from")
     calibrate.add_argument("--seed", type=int, default=0)
+    calibrate.add_argument(
+        "--large", nargs="?", const="", default=None, metavar="MODEL",
+        help="also learn EAD's threshold for the model and this large model (default: the "
+        "largeModel setting)",
+    )  # fmt: skip
     _add_model_flags(calibrate)
     calibrate.set_defaults(func=cmd_calibrate)
 

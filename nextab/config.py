@@ -66,6 +66,42 @@ class AdaDecConfig:
     threshold: float | None = None
     top_k: int = 3  # candidates compared at a pause; beam search's width
     lookahead: int = 5  # greedy tokens rolled out after each candidate
+    # Who scores the candidates at a pause: the model itself, or the large model of two-model
+    # decoding (`largeModel`), teacher-forced over the small model's lookahead.
+    scorer: Literal["self", "large"] = "self"
+
+
+@dataclass(frozen=True)
+class PairConfig:
+    """The large model of two-model decoding, beside the one that serves every keystroke."""
+
+    # Documents whose large-model cache is kept (each a prompt's worth of its attention cache).
+    cached_documents: int = 2
+    # The most tokens the large model may compute before a request's answer, catching its
+    # cache up with the document; beyond it the small model answers alone. null: no limit (a
+    # document the large model has not read costs it its whole prompt, seconds on a CPU).
+    catch_up_tokens: int | None = None
+
+
+@dataclass(frozen=True)
+class SpeculativeConfig:
+    """Speculative decoding: the small model drafts, the large model checks each draft."""
+
+    max_draft: int = 8  # tokens per draft at most; 0: the large model decodes alone
+    # Stop drafting once the chance that the large model refuses a drafted token passes this
+    # (SpecDec++'s rule, the draft model's own confidence as each token's chance).
+    stop_threshold: float = 0.3
+
+
+@dataclass(frozen=True)
+class EadConfig:
+    """Entropy-adaptive switching: the small model decodes, the large one where it is unsure."""
+
+    # Mean next-token entropy (nats) over the last `window` tokens above which the large model
+    # decides; null: none learned yet, the small model decodes alone (with a warning).
+    threshold: float | None = None
+    window: int = 3
+    min_run: int = 2  # tokens a model decides in a row before the other may take over
 
 
 @dataclass(frozen=True)
@@ -107,7 +143,12 @@ class Config:
     # Weights of the onnxruntime export; "auto" is int8 on a CPU and fp16 on CUDA.
     precision: Literal["auto", "int4", "int8", "fp16", "fp32"] = "auto"
     max_tokens: int = 64
-    decoding: Literal["greedy", "adadec", "beam"] = "greedy"
+    # "speculative" gives the large model's output (`largeModel`), drafted by `model`.
+    # "ead" has the large model decide where the small one is unsure (see EadConfig).
+    decoding: Literal["greedy", "adadec", "beam", "speculative", "ead"] = "greedy"
+    # The large model of two-model strategies: a model spec as `model` takes, sharing its
+    # vocabulary; loaded only when `decoding` needs it.
+    large_model: str = "qwen2.5-coder-1.5b"
     # "auto" reads the family off the model's vocabulary.
     fim_template: Literal["auto", "qwen2.5-coder", "starcoder", "deepseek-coder", "codellama", "codestral"] = "auto"
     debounce_ms: int = 0  # server-side wait before computing, on top of the editor's own
@@ -120,6 +161,17 @@ class Config:
     context: ContextConfig = field(default_factory=ContextConfig)
     adadec: AdaDecConfig = field(default_factory=AdaDecConfig)
     next_edit: NextEditConfig = field(default_factory=NextEditConfig)
+    pair: PairConfig = field(default_factory=PairConfig)
+    speculative: SpeculativeConfig = field(default_factory=SpeculativeConfig)
+    ead: EadConfig = field(default_factory=EadConfig)
+
+    @property
+    def needs_large(self) -> bool:
+        """Whether the decoding strategy runs a second, larger model."""
+        two = self.decoding in ("speculative", "ead") or (
+            self.decoding == "adadec" and self.adadec.scorer == "large"
+        )
+        return two and bool(self.large_model.strip())
 
 
 # Integer settings and their inclusive ranges.
@@ -147,12 +199,18 @@ _RANGES: dict[str, tuple[int, int]] = {
     "extra_tokens": (0, 1024),
     "max_suggestions": (1, 50),
     "push_delay_ms": (0, 60_000),
+    "max_draft": (0, 32),
+    "window": (1, 32),
+    "min_run": (1, 64),
+    "catch_up_tokens": (1, 1_000_000),
 }
 _CHECKS: dict[str, Callable[[Any], bool]] = {
     **{name: (lambda v, lo=lo, hi=hi: lo <= v <= hi) for name, (lo, hi) in _RANGES.items()},
     "device": lambda v: bool(re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v)),
     "model": lambda v: bool(v.strip()),
     "threshold": lambda v: v is None or 0.0 <= v <= 20.0,
+    "stop_threshold": lambda v: 0.0 < v < 1.0,
+    "catch_up_tokens": lambda v: v is None or 1 <= v <= 1_000_000,
 }
 _ALLOWED_TEXT = {
     **{name: f"an integer from {lo} to {hi}" for name, (lo, hi) in _RANGES.items()},
@@ -160,6 +218,8 @@ _ALLOWED_TEXT = {
     "model": "a non-empty model name or path",
     "threshold": "a number of nats from 0 to 20, or null for the model's learned threshold",
     "exclude": "a list of gitignore-style patterns",
+    "stop_threshold": "a number between 0 and 1 (exclusive)",
+    "catch_up_tokens": "an integer from 1 to 1000000, or null for no limit",
 }
 
 _converter = cattrs.Converter(forbid_extra_keys=True)
@@ -183,6 +243,10 @@ def _structure_value(name: str, hint: Any, value: Any) -> Any:
         value = _integer(value)
     elif hint == float | None:
         value = None if value is None or value == "null" else _number(value)
+    elif hint == int | None:
+        value = None if value is None or value == "null" else _integer(value)
+    elif hint is float:
+        value = _number(value)
     elif hint is bool:
         value = _boolean(value)
     elif hint is str and not isinstance(value, str):

@@ -62,6 +62,7 @@ from nextab.models.fim import (
     render,
     stop_token_ids,
 )
+from nextab.models.pairing import Partner
 from nextab.models.rewrite import RewriteInput
 from nextab.models.rewrite import render as render_rewrite
 from nextab.models.rewrite import stop_check as rewrite_stop_check
@@ -106,6 +107,9 @@ class Metrics:
     evaluated_tokens: int = 0  # tokens the model ran after the prompt, lookahead included
     drafted_tokens: int = 0  # speculated tokens checked (prompt lookup, rewrite drafts)
     accepted_tokens: int = 0  # of which the model agreed with
+    large_tokens: int = 0  # tokens the large model decided (two-model decoding)
+    large_computed: int = 0  # tokens the large model ran, its catch-up included
+    fallback: str = ""  # why a two-model strategy answered with the small model alone
     # Where the time went, the budget per stage: building the prompt (window, repository
     # context, template, tokens), waiting for the model, then pre-fill and decode above, then
     # trimming the text to what is shown.
@@ -147,9 +151,15 @@ class Engine:
         *,
         learned_threshold: float | None = None,
         model_path: Path | None = None,
+        large: Backend | None = None,
     ) -> None:
         self.config = config
         self.backend = backend
+        # The large model of two-model decoding (None: none loaded); its caches per document
+        # in `Document.kv_large`, the most recent `pair.cachedDocuments` of them kept.
+        self.large = large
+        self.large_path: Path | None = None  # where it was loaded from (its calibration's key)
+        self._cached_large: OrderedDict[int, weakref.ref[Document]] = OrderedDict()
         # AdaDec's entropy threshold from `nextab calibrate`, and where the model lives (the
         # calibration is kept per model directory).
         self.learned_threshold = learned_threshold
@@ -199,9 +209,43 @@ class Engine:
         )
         learned = load_threshold(resolved.path, resolved.name)
         engine = cls(config, backend, learned_threshold=learned, model_path=resolved.path)
+        if config.needs_large:
+            engine.large = engine.load_large(config.large_model, progress=progress)
+            engine.decoder = engine._make_decoder(config)  # with what was learned for the pair
         # A location model is loaded (or found missing) at start, not at the first request.
         engine._location_backend()
         return engine
+
+    def load_large(self, spec: str, *, progress: bool = False) -> Backend | None:
+        """The large model, on the small one's device and runtime, checked to share its
+        vocabulary; one that cannot be loaded is reported once, and the small model decodes."""
+        from nextab.models.loading import load_backend
+        from nextab.models.pairing import PairMismatch, check_pair
+        from nextab.models.resolve import ModelNotFoundError, resolve_model
+
+        try:
+            resolved = resolve_model(spec, progress=progress)
+            large = load_backend(
+                resolved,
+                backend=self.config.backend,
+                device=self.backend.info.device,
+                dtype=self.config.dtype,
+                precision=self.config.precision,
+                progress=progress,
+            )
+            check_pair(self.backend, large)
+            self.large_path = resolved.path
+        except (ModelNotFoundError, PairMismatch, OSError, ValueError, RuntimeError) as error:
+            message = (
+                f"largeModel {spec!r} cannot be used ({error}): "
+                f"{self.backend.info.name} decodes alone"
+            )
+            log.error("%s", message)
+            self._notices.append(message)
+            return None
+        log.info("large model %s loaded on %s beside %s", large.info.name, large.info.device,
+                 self.backend.info.name)  # fmt: skip
+        return large
 
     def _make_decoder(self, config: Config) -> Decoder:
         settings = config.adadec
@@ -219,11 +263,46 @@ class Engine:
             threshold=math.inf if threshold is None else threshold,
             top_k=settings.top_k,
             lookahead=settings.lookahead,
+            max_draft=config.speculative.max_draft,
+            stop_threshold=config.speculative.stop_threshold,
+            switch_threshold=self._switch_threshold(config),
+            window=config.ead.window,
+            min_run=config.ead.min_run,
+            scorer=settings.scorer,
         )
 
+    def _switch_threshold(self, config: Config) -> float:
+        """EAD's threshold: the setting, else the one `nextab calibrate --large` learned for
+        this pair, else none (the small model decodes alone, with a warning)."""
+        threshold = config.ead.threshold
+        large, paths = self.large, (self.model_path, self.large_path)
+        if threshold is None and large is not None and paths[0] is not None and paths[1] is not None:
+            from nextab.models.calibration import load_pair_threshold
+
+            threshold = load_pair_threshold(
+                (paths[0], self.backend.info.name), (paths[1], large.info.name)
+            )
+        if threshold is None:
+            if config.decoding == "ead":
+                log.warning(
+                    "EAD has no entropy threshold for %s: run `nextab calibrate --large` (or "
+                    "set ead.threshold); the small model decodes alone until then",
+                    self.backend.info.name,
+                )
+            return math.inf
+        return threshold
+
     def reconfigure(self, config: Config) -> None:
-        """Apply settings that do not need another model (the caller reloads for those)."""
+        """Apply settings that do not need another model (the caller reloads for those); the
+        large model of two-model decoding is loaded or let go here, as the strategy needs."""
+        keep = config.needs_large and config.large_model == self.config.large_model
+        if self.large is not None and not keep:
+            with self._lock:  # the old one's memory goes before another loads
+                self._drop_large_caches()
+                self.large = None
+        large = self.load_large(config.large_model) if config.needs_large and self.large is None else self.large
         with self._lock:
+            self.large = large
             self.template = choose_template(self.backend, config.fim_template)
             self.stop_ids = stop_token_ids(self.template, self.backend)
             self.rewrite_stop_ids = _rewrite_stop_ids(self.backend, self.stop_ids)
@@ -511,14 +590,25 @@ class Engine:
         for attempt in (1, 2, 3):
             cache = self._cache_for(document)
             try:
-                return decoder.decode(self.backend, cache, built.ids, params, cancel, built.healing)
+                return decoder.decode(
+                    self.backend, cache, built.ids, self._paired(document, decoder, params), cancel, built.healing
+                )
             except Cancelled:
                 raise
             except Exception as error:
                 document.kv = None
+                document.kv_large = None
                 if not _out_of_memory(error) or not self._made_room(attempt, error):
                     raise
         raise AssertionError("unreachable")
+
+    def _paired(self, document: Document, decoder: Decoder, params: DecodeParams) -> DecodeParams:
+        """`params` with the large model and the document's cache of it, for a strategy that
+        decodes with two models (`paired`), where the large one is loaded."""
+        if self.large is None or not getattr(decoder, "paired", False):
+            return params
+        partner = Partner(self.large, self._large_cache_for(document), self.config.pair.catch_up_tokens)
+        return replace(params, partner=partner)
 
     def _made_room(self, attempt: int, error: Exception) -> bool:
         """After the `attempt`-th try ran out of memory: whether memory was freed for another."""
@@ -553,16 +643,25 @@ class Engine:
         notices, self._notices = self._notices, []
         return notices
 
+    def _drop_large_caches(self) -> None:
+        for ref in self._cached_large.values():
+            cached = ref()
+            if cached is not None:
+                cached.kv_large = None
+        self._cached_large.clear()
+
     def _drop_caches(self) -> None:
         for ref in self._cached.values():
             cached = ref()
             if cached is not None:
                 cached.kv = None
         self._cached.clear()
+        self._drop_large_caches()
         self._rewrite_cache = None
-        release = getattr(self.backend, "release_memory", None)
-        if release is not None:
-            release()
+        for backend in (self.backend, self.large):
+            release = getattr(backend, "release_memory", None)
+            if release is not None:
+                release()
 
     def _typed_ahead(self, request: CompletionRequest, started: float) -> Suggestion | None:
         """The rest of the last suggestion for the document, if the developer has been typing
@@ -780,22 +879,39 @@ class Engine:
         """Drop what the engine holds for a closed document."""
         with self._lock:
             document.kv = None
+            document.kv_large = None
             document.given = None
             self._cached.pop(id(document), None)
+            self._cached_large.pop(id(document), None)
 
     def _cache_for(self, document: Document) -> KVCache:
-        key = id(document)
         if document.kv is None:
             document.kv = self.backend.new_cache()
-        self._cached[key] = weakref.ref(document)
-        self._cached.move_to_end(key)
         # Each cache holds megabytes per thousand tokens: keep only the most recent documents'.
-        while len(self._cached) > self.config.cached_documents:
-            _, ref = self._cached.popitem(last=False)
-            evicted = ref()
-            if evicted is not None:
-                evicted.kv = None
+        _keep_recent(self._cached, document, self.config.cached_documents, "kv")
         return document.kv
+
+    def _large_cache_for(self, document: Document) -> KVCache:
+        assert self.large is not None
+        if document.kv_large is None:
+            document.kv_large = self.large.new_cache()
+        _keep_recent(self._cached_large, document, self.config.pair.cached_documents, "kv_large")
+        return document.kv_large
+
+
+def _keep_recent(
+    cached: OrderedDict[int, weakref.ref[Document]], document: Document, most: int, attribute: str
+) -> None:
+    """Mark `document` the most recently used of `cached`; drop the cache (`attribute`) of
+    the least recently used beyond `most`."""
+    key = id(document)
+    cached[key] = weakref.ref(document)
+    cached.move_to_end(key)
+    while len(cached) > most:
+        _, ref = cached.popitem(last=False)
+        evicted = ref()
+        if evicted is not None:
+            setattr(evicted, attribute, None)
 
 
 def _out_of_memory(error: BaseException) -> bool:
@@ -832,6 +948,9 @@ def _suggestion(built: Prompt, offset: int, result: DecodeResult, total_ms: floa
             evaluated_tokens=result.evaluated_tokens,
             drafted_tokens=result.drafted_tokens,
             accepted_tokens=result.accepted_tokens,
+            large_tokens=result.large_tokens,
+            large_computed=result.large_computed,
+            fallback=result.fallback,
         ),
     )
 

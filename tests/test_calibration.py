@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from nextab.calibrate import cut_spans, library_files, observe
-from nextab.config import AdaDecConfig, Config
+from nextab.config import AdaDecConfig, Config, EadConfig
 from nextab.engine import Engine
 from nextab.models.calibration import (
     calibration_path,
@@ -118,9 +118,9 @@ def test_observations_cover_every_target_token(tiny_backend) -> None:
     engine = Engine(Config(max_tokens=4), tiny_backend)
     spans = cut_spans(library_files(), 3, seed=1)
     seen = observe(engine, spans)
-    assert seen.entropies.shape == seen.greedy_right.shape
+    assert seen.entropies.shape == seen.good.shape
     assert len(seen.entropies) >= sum(len(tiny_backend.tokenize(s.target)) for s in spans) - 3
-    assert (seen.entropies >= 0).all() and seen.greedy_right.dtype == bool
+    assert (seen.entropies >= 0).all() and seen.good.dtype == bool
 
 
 def test_the_engine_uses_the_learned_threshold_unless_one_is_set(tiny_backend, caplog) -> None:
@@ -136,3 +136,90 @@ def test_the_engine_uses_the_learned_threshold_unless_one_is_set(tiny_backend, c
         unknown = Engine(Config(decoding="adadec"), tiny_backend)
     assert unknown.decoder.threshold == math.inf  # greedy until calibrated
     assert "nextab calibrate" in caplog.text
+
+
+def test_rolling_mean_is_eads_statistic() -> None:
+    from nextab.calibrate import rolling_mean
+
+    values = np.array([3.0, 0.0, 0.0, 6.0, 0.0])
+    assert rolling_mean(values, 3).tolist() == pytest.approx([3.0, 1.5, 1.0, 2.0, 2.0])
+    assert rolling_mean(values, 1).tolist() == values.tolist()
+
+
+def test_pair_observations_label_where_the_two_models_agree(tiny_backend) -> None:
+    from nextab.calibrate import observe_pair, rolling_mean
+    from nextab.models.torch_backend import TorchBackend
+    from tests.tiny import lively_model
+
+    tokenizer = tiny_backend.tokenizer
+    other = TorchBackend(lively_model(len(tokenizer), tokenizer.eos_token_id, seed=3), tokenizer, "other", "cpu")
+    engine = Engine(Config(max_tokens=4), tiny_backend)
+    spans = cut_spans(library_files(), 3, seed=1)
+    with_itself = observe_pair(engine, tiny_backend, spans, window=3)
+    assert with_itself.good.all() and len(with_itself.good) >= 3
+    alone = observe(engine, spans)
+    assert len(with_itself.entropies) == len(alone.entropies)
+    # The window restarts at each span: its first steps are the plain entropies' mean so far.
+    assert with_itself.entropies[:2].tolist() == pytest.approx(rolling_mean(alone.entropies[:2], 3).tolist(), abs=1e-5)
+    with_other = observe_pair(engine, other, spans, window=1)
+    assert with_other.entropies.tolist() == pytest.approx(alone.entropies.tolist(), abs=1e-5)
+    # The labels, recomputed for the first span from two plain full-sequence forwards.
+    import torch
+
+    from nextab.calibrate import _teacher_forced
+
+    prompt, target = _teacher_forced(engine, spans[0])
+    with torch.inference_mode():
+        ids = torch.tensor([[*prompt, *target]])
+        picks = [m.model(ids).logits[0, len(prompt) - 1 : -1].argmax(-1) for m in (tiny_backend, other)]
+    expected = (picks[0] == picks[1]).numpy()
+    assert with_other.good[: len(target)].tolist() == expected.tolist()
+    assert with_itself.good.all() and not with_other.good.all()
+
+
+def test_pair_calibration_is_kept_per_pair_and_dropped_when_either_changes(tmp_path, monkeypatch) -> None:
+    from nextab.models.calibration import (
+        load_pair_threshold,
+        pair_calibration_path,
+        save_pair_calibration,
+    )
+
+    monkeypatch.setenv("NEXTAB_CACHE_DIR", str(tmp_path / "cache"))
+    models = []
+    for name in ("small", "large"):
+        model = tmp_path / name
+        model.mkdir()
+        (model / "config.json").write_text('{"model_type": "qwen2"}')
+        (model / "model.safetensors").write_bytes(name.encode())
+        models.append((model, name))
+    small, large = models
+    assert load_pair_threshold(small, large) is None
+    fit = fit_threshold(np.r_[np.zeros(5), np.ones(5) * 3], np.r_[np.ones(5), np.zeros(5)])
+    saved = save_pair_calibration(small, large, fit, {"window": 3})
+    assert saved == pair_calibration_path(small, large) and saved != calibration_path(*small)
+    assert load_pair_threshold(small, large) == pytest.approx(fit.threshold)
+    assert load_threshold(*small) is None  # AdaDec's record is another one
+    assert load_pair_threshold(large, small) is None  # the order matters: who drafts, who decides
+    (large[0] / "model.safetensors").write_bytes(b"retrained")
+    assert load_pair_threshold(small, large) is None
+
+
+def test_the_engine_uses_the_pairs_learned_switch_threshold(tiny_backend, tmp_path, monkeypatch, caplog) -> None:
+    from nextab.models.calibration import save_pair_calibration
+
+    monkeypatch.setenv("NEXTAB_CACHE_DIR", str(tmp_path / "cache"))
+    paths = []
+    for name in ("small", "large"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(name)
+        paths.append(tmp_path / name)
+    fit = fit_threshold(np.r_[np.zeros(5), np.ones(5) * 3], np.r_[np.ones(5), np.zeros(5)])
+    name = tiny_backend.info.name
+    save_pair_calibration((paths[0], name), (paths[1], name), fit, {})
+    engine = Engine(Config(decoding="ead"), tiny_backend, model_path=paths[0], large=tiny_backend)
+    assert engine.decoder.threshold == math.inf and "nextab calibrate --large" in caplog.text
+    engine.large_path = paths[1]
+    engine.reconfigure(Config(decoding="ead"))
+    assert engine.decoder.threshold == pytest.approx(fit.threshold)
+    engine.reconfigure(Config(decoding="ead", ead=EadConfig(threshold=0.25)))
+    assert engine.decoder.threshold == 0.25

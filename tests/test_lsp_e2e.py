@@ -7,7 +7,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -453,3 +453,32 @@ async def test_status_and_the_acceptance_log(tiny_model_dir: Path, tmp_path: Pat
         env={**os.environ, "NEXTAB_CACHE_DIR": str(tmp_path)}, capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     assert "server time per stage" in text and "prefill" in text
+
+
+async def _status_when(client: Client, ready: Callable[[Any], bool]) -> Any:
+    for _ in range(300):
+        status = await client.protocol.send_request_async("nextab/status", None)
+        if ready(status):
+            return status
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"status never became as expected: {status}")
+
+
+async def test_two_model_decoding_loads_the_large_model_and_lets_it_go(tiny_model_dir: Path) -> None:
+    options = {"decoding": "speculative", "largeModel": str(tiny_model_dir), "maxTokens": 8}
+    c = await _start(tiny_model_dir, options)
+    try:
+        status = await _status_when(c, lambda s: _get(s, "state") == "ready")
+        assert _get(status, "largeModel", "device") == "cpu"
+        _open(c)
+        assert await c.text_document_inline_completion_async(_inline(5, 11)) is not None
+        tokens = _get(await c.protocol.send_request_async("nextab/status", None), "tokens")
+        # The tiny model paired with itself: the large model decided every token.
+        assert _get(tokens, "generated") > 0 and _get(tokens, "large") == _get(tokens, "generated")
+        c.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings={"decoding": "greedy"}))
+        await _status_when(c, lambda s: _get(s, "largeModel") is None)
+        assert await c.text_document_inline_completion_async(_inline(5, 11)) is not None
+    finally:
+        await c.shutdown_async(None)
+        c.exit(None)
+        await c.stop()
