@@ -21,7 +21,7 @@ def _add_model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", help='"auto" (default), "float32", "bfloat16" or "float16"')
     parser.add_argument("--backend", help='"auto" (default), "onnx", "split" or "torch"')
     parser.add_argument("--max-tokens", type=int, help="most tokens one suggestion may have")
-    parser.add_argument("--decoding", help='decoding strategy: "greedy", "adadec" or "beam"')
+    parser.add_argument("--decoding", help='decoding strategy: "greedy", "adadec", "beam", "speculative" or "ead"')
     parser.add_argument(
         "--settings", help="JSON object of settings, as an editor sends in initializationOptions"
     )
@@ -310,6 +310,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         if done % 8 == 0 or done == total:
             print(f"calibrating: {done}/{total} spans", file=sys.stderr)
 
+    if args.large is not None:
+        return _calibrate_pair(engine, args, progress)
     try:
         fit, details = calibrate(engine, args.spans, args.seed, progress)
     except ValueError as error:
@@ -318,9 +320,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     saved = save_calibration(engine.model_path, engine.backend.info.name, fit, details)
     print(json.dumps({"model": engine.backend.info.name, "saved": str(saved),
                       **dataclasses.asdict(fit), **details}, indent=2))
-    if args.large is None:
-        return 0
-    return _calibrate_pair(engine, args, progress)
+    return 0
 
 
 def _calibrate_pair(engine: Any, args: argparse.Namespace, progress: Any) -> int:
@@ -329,7 +329,8 @@ def _calibrate_pair(engine: Any, args: argparse.Namespace, progress: Any) -> int
     from nextab.models.calibration import save_pair_calibration
 
     spec = args.large or engine.config.large_model
-    large = engine.load_large(spec, progress=True)
+    reuse = engine.large is not None and spec == engine.config.large_model  # loaded for `decoding`
+    large = engine.large if reuse else engine.load_large(spec, progress=True)
     if large is None or engine.large_path is None:
         print(f"nextab: {engine.take_notices()[-1]}", file=sys.stderr)
         return 3
@@ -456,7 +457,7 @@ def make_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--seed", type=int, default=0)
     calibrate.add_argument(
         "--large", nargs="?", const="", default=None, metavar="MODEL",
-        help="also learn EAD's threshold for the model and this large model (default: the "
+        help="learn EAD's threshold for the model and this large model instead (default: the "
         "largeModel setting)",
     )  # fmt: skip
     _add_model_flags(calibrate)

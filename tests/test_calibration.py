@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -223,3 +224,25 @@ def test_the_engine_uses_the_pairs_learned_switch_threshold(tiny_backend, tmp_pa
     assert engine.decoder.threshold == pytest.approx(fit.threshold)
     engine.reconfigure(Config(decoding="ead", ead=EadConfig(threshold=0.25)))
     assert engine.decoder.threshold == 0.25
+
+
+def test_nextab_calibrate_large_learns_the_pairs_threshold_the_engine_then_uses(
+    tiny_model_dir, tmp_path, monkeypatch, capsys
+) -> None:
+    from nextab.cli import main
+    from tests.tiny import build_model_dir
+
+    monkeypatch.setenv("NEXTAB_CACHE_DIR", str(tmp_path / "cache"))
+    # A large model of the same vocabulary and other weights, a little livelier: the two
+    # agree on most steps (both mostly repeat the last token), not on all (~88% here).
+    large = build_model_dir(tmp_path / "large", seed=7, initializer_range=0.05)
+    argv = ["calibrate", "--model", str(tiny_model_dir), "--backend", "torch", "--device", "cpu",
+            "--spans", "6", "--large", str(large)]  # fmt: skip
+    assert main(argv) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert Path(printed["saved"]).is_file() and printed["window"] == 3
+    assert 0 < printed["greedy_right"] < 1  # the share of steps where the two agreed
+    config = Config(model=str(tiny_model_dir), backend="torch", device="cpu", decoding="ead", large_model=str(large))
+    engine = Engine.load(config, progress=False)
+    assert engine.large is not None
+    assert engine.decoder.threshold == pytest.approx(printed["threshold"])
