@@ -644,18 +644,10 @@ class Engine:
         return notices
 
     def _drop_large_caches(self) -> None:
-        for ref in self._cached_large.values():
-            cached = ref()
-            if cached is not None:
-                cached.kv_large = None
-        self._cached_large.clear()
+        _drop_all(self._cached_large, "kv_large")
 
     def _drop_caches(self) -> None:
-        for ref in self._cached.values():
-            cached = ref()
-            if cached is not None:
-                cached.kv = None
-        self._cached.clear()
+        _drop_all(self._cached, "kv")
         self._drop_large_caches()
         self._rewrite_cache = None
         for backend in (self.backend, self.large):
@@ -897,6 +889,15 @@ class Engine:
             document.kv_large = self.large.new_cache()
         _keep_recent(self._cached_large, document, self.config.pair.cached_documents, "kv_large")
         return document.kv_large
+
+
+def _drop_all(cached: OrderedDict[int, weakref.ref[Document]], attribute: str) -> None:
+    """Drop the cache (`attribute`) of every document in `cached`."""
+    for ref in cached.values():
+        document = ref()
+        if document is not None:
+            setattr(document, attribute, None)
+    cached.clear()
 
 
 def _keep_recent(
