@@ -94,6 +94,7 @@ class TaskResult:
     drafted_tokens: int = 0  # prompt-lookup drafts checked (models/drafting.py)
     accepted_tokens: int = 0  # and taken
     large_tokens: int = 0  # tokens the large model decided (two-model decoding)
+    large_computed: int = 0  # tokens the large model ran, catching up included
     fallback: str = ""  # why a two-model strategy answered with the small model alone
 
 
@@ -157,22 +158,39 @@ def run_task(
     max_tokens: int | None = None,
     decoding: str | None = None,
 ) -> TaskResult:
-    text = task.prompt + task.suffix
-    offset = len(task.prompt)
     # A fresh document per task, like a newly opened file: no cache carried between tasks.
-    document = Document(f"file:///humaneval/{task.task_id.replace('/', '_')}.py", text, "python")
+    document = task_document(task)
+    try:
+        return complete_in(engine, task, document, mode, max_tokens, decoding)
+    finally:
+        engine.forget(document)
+
+
+def task_document(task: Task) -> Document:
+    """The task's file with the hole taken out, as an editor would have it open."""
+    uri = f"file:///humaneval/{task.task_id.replace('/', '_')}.py"
+    return Document(uri, task.prompt + task.suffix, "python")
+
+
+def complete_in(
+    engine: Any,
+    task: Task,
+    document: Document,
+    mode: RequestedMode = "auto",
+    max_tokens: int | None = None,
+    decoding: str | None = None,
+) -> TaskResult:
+    """One request at the task's hole in `document`, whose caches the caller keeps or drops."""
+    text = task.prompt + task.suffix
     request = CompletionRequest(
         document=document,
-        offset=offset,
+        offset=len(task.prompt),
         text=text,
         mode=mode,
         max_tokens=max_tokens,
         decoding=decoding,
     )
-    try:
-        suggestion = engine.complete(request)
-    finally:
-        engine.forget(document)
+    suggestion = engine.complete(request)
     m = suggestion.metrics
     return TaskResult(
         task_id=task.task_id,
@@ -197,6 +215,7 @@ def run_task(
         drafted_tokens=m.drafted_tokens,
         accepted_tokens=m.accepted_tokens,
         large_tokens=m.large_tokens,
+        large_computed=m.large_computed,
         fallback=m.fallback,
     )
 

@@ -132,7 +132,7 @@ _OPENERS = (ast.If, ast.For, ast.While, ast.With, ast.FunctionDef, ast.ClassDef,
             ast.AsyncFor, ast.AsyncWith, ast.AsyncFunctionDef)  # fmt: skip
 _clock = time.perf_counter
 OPTION_KEYS = ("positions", "keys", "body_keys", "typing_speed", "pause_every", "no_cancel",
-               "min_prefix_chars", "seed", "model", "device")  # fmt: skip
+               "min_prefix_chars", "seed", "settle", "model", "device")  # fmt: skip
 
 Category = Literal["cold", "warm_single", "warm_multi", "next_edit"]
 Outcome = Literal["answered", "cancelled", "failed"]
@@ -430,8 +430,10 @@ async def replay_place(
     *,
     interval_s: float,
     timeout_s: float = REQUEST_TIMEOUT_S,
+    settle_s: float = 0.0,
 ) -> list[RequestRecord]:
-    """Type one place into `target` on the schedule and time every request."""
+    """Type one place into `target` on the schedule and time every request; after the first
+    (cold) answer, `settle_s` more without typing, as a developer reading the file."""
     opened = _clock()
     target.open(place)
     version = 1
@@ -464,7 +466,7 @@ async def replay_place(
                     ) from None
                 except Exception:
                     pass  # an error answer: recorded below
-                next_at = _clock() + interval_s
+                next_at = _clock() + interval_s + (settle_s if len(pendings) == 1 else 0.0)
             else:
                 next_at = outstanding.sent + interval_s
         # Cancelled requests still answer (null, or a cancellation error): collect them so
@@ -660,9 +662,10 @@ async def run_server_config(
             status = await server.client.protocol.send_request_async("nextab/status", None)
             target = LspTarget(name, server)
             for p, (place, steps) in enumerate(zip(places, schedules, strict=True)):
-                got = await replay_place(target, p, place, steps, prompts, interval_s=interval)
+                got = await replay_place(target, p, place, steps, prompts, interval_s=interval, settle_s=args.settle)
                 records += got
                 _progress(name, p, len(places), place, got)
+            after = await server.client.protocol.send_request_async("nextab/status", None)
         finally:
             await server.stop()
     model = _get(status, "model")
@@ -672,8 +675,31 @@ async def run_server_config(
         else {k: _get(model, k) for k in ("name", "device", "dtype")},
         "start_s": round(load_s, 1),
         "messages": messages,
+        **two_model_counts(after),
     }
     return records, info
+
+
+def two_model_counts(status: Any) -> dict[str, Any]:
+    """The server's own count of the tokens the large model decided (two-model decoding)."""
+    tokens, large = _get(status, "tokens"), _get(status, "largeModel")
+    if tokens is None:
+        return {}
+    generated, by_large = _get(tokens, "generated") or 0, _get(tokens, "large") or 0
+    fallbacks = _get(status, "fallbacks")
+    return {
+        "large_model": large if large is None or isinstance(large, str) else _get(large, "name"),
+        "tokens": {"generated": generated, "large": by_large},
+        "large_share": round(by_large / generated, 4) if generated else None,
+        "fallbacks": dict(fallbacks) if isinstance(fallbacks, dict) else _plain(fallbacks),
+    }
+
+
+def _plain(value: Any) -> Any:
+    # pygls hands custom responses back as attribute objects (namedtuples), not dicts.
+    if hasattr(value, "_asdict"):
+        return {k: _plain(v) for k, v in value._asdict().items()}
+    return value
 
 
 def _progress(
@@ -873,7 +899,7 @@ async def run_peer(
         records: list[RequestRecord] = []
         interval = 1 / args.typing_speed
         for p, (place, steps) in enumerate(zip(places, schedules, strict=True)):
-            got = await replay_place(target, p, place, steps, prompts, interval_s=interval)
+            got = await replay_place(target, p, place, steps, prompts, interval_s=interval, settle_s=args.settle)
             records += got
             _progress(target.name, p, len(places), place, got)
     finally:
@@ -1103,6 +1129,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--settle", type=float, default=0.0, metavar="S",
+        help="seconds without typing after each place's cold answer (default 0; background "
+        "warming, such as two-model decoding's large model catching up, runs then)",
+    )  # fmt: skip
+    parser.add_argument(
         "--backend", help="comma list of server backends, one configuration each (default torch)"
     )
     parser.add_argument(
@@ -1189,7 +1220,7 @@ async def run_all(args: argparse.Namespace) -> dict[str, Any]:
     peer_records, peer_info = await run_peer(args, places, schedules, prompts, params)
     records += peer_records
     peer_summary = summarize(peer_records, CATEGORIES[:3]) if peer_records else None
-    for entry in servers.values():
+    for name, entry in servers.items():
         if "error" in entry:
             continue
         entry["ratio_to_peer_p50"] = ratios(entry["summary"], peer_summary)

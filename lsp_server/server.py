@@ -23,7 +23,7 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
@@ -211,12 +211,17 @@ logging.getLogger("pygls.protocol.json_rpc").addFilter(_RedactParams())
 
 
 class NextabServer(LanguageServer):
-    def __init__(self, config: Config, engine_factory: EngineFactory = Engine.load) -> None:
+    def __init__(self, config: Config, engine_factory: EngineFactory | None = None) -> None:
         super().__init__("nextab", __version__, protocol_cls=_Protocol)
         self.config = config
-        self.engine_factory = engine_factory
+        self.engine_factory = engine_factory or _load_engine
         self.documents: dict[str, Document] = {}
         self.model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nextab-model")
+        # The large model of two-model decoding loads here, beside the model thread, which
+        # serves completions with the small model meanwhile (a first load exports the 1.5B:
+        # minutes on a CPU).
+        self.large_loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nextab-large")
+        self._large_loading: str | None = None
         self.engine_future: asyncio.Future[Engine] | None = None
         self.config_messages: list[str] = []
         self.workspace_root: str | None = None
@@ -280,6 +285,7 @@ class NextabServer(LanguageServer):
         )
         for doc in list(self.documents.values()):  # opened while the model loaded
             engine.warm(doc, path=_display_path(doc.uri))
+        self.load_large_later(engine)
         if self.workspace_root is not None and self.config.context.index:
             self._opening = asyncio.ensure_future(self.open_workspace(engine, self.workspace_root))
 
@@ -322,6 +328,7 @@ class NextabServer(LanguageServer):
         future = self.engine_future
         state, model, error = "starting", {}, None
         large: dict[str, str] | None = None
+        memory: dict[str, Any] = {"rssMb": _rss_mb()}
         if future is not None and future.done():
             failure = None if future.cancelled() else future.exception()
             if failure is not None or future.cancelled():
@@ -334,6 +341,10 @@ class NextabServer(LanguageServer):
                 if engine.large is not None:
                     info = engine.large.info
                     large = {"name": info.name, "device": info.device, "dtype": info.dtype}
+                memory["cached"] = {
+                    name: {"documents": usage.documents, "tokens": usage.tokens}
+                    for name, usage in engine.cache_usage().items()
+                }
         elif future is not None:
             state = "loading"
         indexing = None
@@ -348,6 +359,7 @@ class NextabServer(LanguageServer):
             "decoding": self.config.decoding,
             # The large model of two-model decoding, where one is loaded (null otherwise).
             "largeModel": large,
+            "largeModelLoading": self._large_loading,  # its spec while it loads
             "indexing": indexing,
             "lastLatencyMs": round(self.last_latency_ms, 1) if self.last_latency_ms is not None else None,
             # "model" or "typed-ahead": where the last completion came from.
@@ -360,6 +372,8 @@ class NextabServer(LanguageServer):
             "fallbacks": {
                 key.removeprefix("fallback:"): n for key, n in self.tokens.items() if key.startswith("fallback:")
             },
+            # The process's resident memory, and the tokens the documents' caches hold per model.
+            "memory": memory,
         }
 
     def history(self) -> EditHistory:
@@ -425,7 +439,33 @@ class NextabServer(LanguageServer):
         elif self.engine_future is not None and self.engine_future.done():
             engine = self.engine_future.result() if not self.engine_future.exception() else None
             if engine is not None:
-                self.model_thread.submit(engine.reconfigure, self.config)
+                applied = self.model_thread.submit(engine.reconfigure, self.config, load_large=False)
+                self.load_large_later(engine, after=applied)
+
+    def load_large_later(self, engine: Engine, after: Future[Any] | None = None) -> None:
+        """Load the large model the settings name, if the engine lacks it, off the model
+        thread; the model thread takes it between two requests."""
+        spec = self.config.large_model
+        if not self.config.needs_large or self._large_loading == spec:
+            return
+        self._large_loading = spec
+
+        def load() -> None:
+            try:
+                if after is not None:
+                    after.result()  # the settings are applied: the engine knows what it wants
+                if engine.wants_large() != spec:
+                    return
+                large = engine.load_large(spec)
+                taken = self.model_thread.submit(engine.attach_large, spec, large).result()
+                if large is not None and not taken:
+                    log.info("large model %s loaded after the settings moved on: let go", spec)
+            except Exception:  # a server shutting down, a failed setting: the small model serves
+                log.exception("loading the large model %s failed", spec)
+            finally:
+                self._large_loading = None
+
+        self.large_loader.submit(load)
 
     def document(self, uri: str) -> Document:
         doc = self.documents.get(uri)
@@ -684,7 +724,11 @@ def _edit_range(doc: Document, offset: int, suggestion: Suggestion) -> types.Ran
     )
 
 
-def create_server(config: Config, engine_factory: EngineFactory = Engine.load) -> NextabServer:
+def _load_engine(config: Config) -> Engine:
+    return Engine.load(config, large=False)  # the server loads the large one in the background
+
+
+def create_server(config: Config, engine_factory: EngineFactory | None = None) -> NextabServer:
     server = NextabServer(config, engine_factory)
 
     @server.feature(types.INITIALIZE)
@@ -876,6 +920,7 @@ def create_server(config: Config, engine_factory: EngineFactory = Engine.load) -
             # Saves the edit history and index; the watcher thread must not outlive the server.
             ls.engine_future.result().close_workspace()  # type: ignore[union-attr]
         ls.model_thread.shutdown(wait=False, cancel_futures=True)
+        ls.large_loader.shutdown(wait=False, cancel_futures=True)
 
     return server
 
@@ -1044,3 +1089,15 @@ def suggestion_json(doc: Document, suggestion: EditSuggestion) -> dict[str, Any]
 def _encoding(ls: NextabServer) -> Any:
     chosen = ls.server_capabilities.position_encoding if ls.server_capabilities else None
     return str(chosen.value if hasattr(chosen, "value") else chosen or "utf-16")
+
+
+def _rss_mb() -> float | None:
+    """Resident memory of this process in MB, where /proc tells (Linux); None elsewhere."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except (OSError, ValueError):
+        pass
+    return None

@@ -458,7 +458,7 @@ def make_parser() -> argparse.ArgumentParser:
     calibrate.add_argument(
         "--large", nargs="?", const="", default=None, metavar="MODEL",
         help="learn EAD's threshold for the model and this large model instead (default: the "
-        "largeModel setting)",
+        "largeModel setting); used where ead.threshold is null",
     )  # fmt: skip
     _add_model_flags(calibrate)
     calibrate.set_defaults(func=cmd_calibrate)

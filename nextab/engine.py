@@ -187,13 +187,18 @@ class Engine:
         self._wake = threading.Event()
         self._preparer: threading.Thread | None = None
         self._to_warm: OrderedDict[int, tuple[weakref.ref[Document], int, str | None]] = OrderedDict()
+        # Documents whose large-model cache lags their small one (two-model decoding).
+        self._behind: OrderedDict[int, weakref.ref[Document]] = OrderedDict()
         self._closing = False
         self._last_request = 0.0
         self._secrets = SecretPaths(config.context.exclude)  # judges paths without a workspace
         self._notices: list[str] = []  # for the user, once each (take_notices)
 
     @classmethod
-    def load(cls, config: Config, *, progress: bool = True) -> Engine:
+    def load(cls, config: Config, *, progress: bool = True, large: bool = True) -> Engine:
+        """The engine for `config`, its model loaded; and the large model of two-model decoding
+        where the strategy needs it, unless `large` is False (the caller loads it later, off
+        the model thread: `load_large`, then `attach_large`)."""
         from nextab.models.calibration import load_threshold
         from nextab.models.loading import load_backend
         from nextab.models.resolve import resolve_model
@@ -209,7 +214,7 @@ class Engine:
         )
         learned = load_threshold(resolved.path, resolved.name)
         engine = cls(config, backend, learned_threshold=learned, model_path=resolved.path)
-        if config.needs_large:
+        if config.needs_large and large:
             engine.large = engine.load_large(config.large_model, progress=progress)
             engine.decoder = engine._make_decoder(config)  # with what was learned for the pair
         # A location model is loaded (or found missing) at start, not at the first request.
@@ -283,7 +288,7 @@ class Engine:
                 (paths[0], self.backend.info.name), (paths[1], large.info.name)
             )
         if threshold is None:
-            if config.decoding == "ead":
+            if config.decoding == "ead" and large is not None:
                 log.warning(
                     "EAD has no entropy threshold for %s: run `nextab calibrate --large` (or "
                     "set ead.threshold); the small model decodes alone until then",
@@ -292,15 +297,18 @@ class Engine:
             return math.inf
         return threshold
 
-    def reconfigure(self, config: Config) -> None:
+    def reconfigure(self, config: Config, *, load_large: bool = True) -> None:
         """Apply settings that do not need another model (the caller reloads for those); the
-        large model of two-model decoding is loaded or let go here, as the strategy needs."""
+        large model of two-model decoding is let go here when the strategy no longer needs
+        it, and loaded when it does, unless `load_large` is False (see `wants_large`)."""
         keep = config.needs_large and config.large_model == self.config.large_model
         if self.large is not None and not keep:
             with self._lock:  # the old one's memory goes before another loads
                 self._drop_large_caches()
                 self.large = None
-        large = self.load_large(config.large_model) if config.needs_large and self.large is None else self.large
+        large = self.large
+        if load_large and config.needs_large and large is None:
+            large = self.load_large(config.large_model)
         with self._lock:
             self.large = large
             self.template = choose_template(self.backend, config.fim_template)
@@ -313,6 +321,25 @@ class Engine:
                 self._secrets = SecretPaths(config.context.exclude)
         if self.workspace is not None:
             self.workspace.settings = self._workspace_settings(config.context)
+
+    def wants_large(self) -> str | None:
+        """The large model the settings need and the engine does not hold yet (its spec)."""
+        return self.config.large_model if self.config.needs_large and self.large is None else None
+
+    def attach_large(self, spec: str, large: Backend | None) -> bool:
+        """Take a large model loaded off the model thread (`load_large`), if the settings
+        still want that one; True if taken. Until then, two-model strategies answer with the
+        small model alone (the "no-large" fallback)."""
+        if large is None or self.wants_large() != spec:
+            return False
+        with self._lock:
+            self.large = large
+            self.decoder = self._make_decoder(self.config)  # with what was learned for the pair
+            self._other_decoders = {}
+            recent = [d for d in (ref() for ref in self._cached.values()) if d is not None]
+        for document in recent[-self.config.pair.cached_documents :]:
+            self._fall_behind(document)  # it reads the open documents while the model is idle
+        return True
 
     def open_workspace(
         self,
@@ -407,6 +434,56 @@ class Engine:
                 "warmed %s: %d of %d prompt tokens computed in %.0f ms",
                 document.uri, computed, len(built.ids), (time.perf_counter() - started) * 1000,
             )
+            if self.large is not None and getattr(self.decoder, "paired", False):
+                self._fall_behind(document)
+
+    def _fall_behind(self, document: Document) -> None:
+        """Have the large model's cache of `document` caught up with its small one while the
+        model is idle. Without this, a request that needs the large model on a document it
+        has not read pays the whole prompt (seconds on a CPU) or, past
+        `pair.catchUpTokens`, is answered by the small model alone until it has."""
+        self._behind[id(document)] = weakref.ref(document)
+        self._behind.move_to_end(id(document))
+        while len(self._behind) > self.config.pair.cached_documents:
+            self._behind.popitem(last=False)
+        self._start_preparer()
+        self._wake.set()
+
+    def _catch_up_pending(self) -> None:
+        while self._behind and not self._closing and not self._waiting:
+            key, ref = self._behind.popitem()
+            document = ref()
+            if document is None:
+                continue
+            with self._lock:
+                if self.large is None:
+                    self._behind.clear()
+                    return
+                if document.kv is None:  # forgotten, or its cache made room for others
+                    continue
+                if not self._catch_up_large(document, tuple(document.kv.tokens)):
+                    self._behind[key] = ref  # a request took the model: first again when idle
+                    return
+
+    def _catch_up_large(self, document: Document, tokens: Sequence[int]) -> bool:
+        """Bring the large model's cache of `document` to `tokens` in preemptible pieces (the
+        engine's lock held); False when a request took the model first."""
+        assert self.large is not None
+        started = time.perf_counter()
+        cache = self._large_cache_for(document)
+        reused = common_prefix_length(cache.tokens, tokens)
+        self.large.truncate(cache, reused)
+        done = reused
+        with interruptible(self.large, self._preempt), suppress(Interrupted):
+            while done < len(tokens) and not (self._waiting or self._closing):
+                piece = tokens[done : done + WARM_CHUNK]
+                self.large.forward(cache, piece)
+                done += len(piece)
+        log.debug(
+            "large model caught up on %s: %d of %d tokens computed in %.0f ms",
+            document.uri, done - reused, len(tokens) - reused, (time.perf_counter() - started) * 1000,
+        )
+        return done >= len(tokens)
 
     def close_workspace(self) -> None:
         workspace, self.workspace = self.workspace, None
@@ -441,6 +518,7 @@ class Engine:
             while not self._closing and time.monotonic() - self._last_request < PREPARE_IDLE_S:
                 time.sleep(0.05)
             self._warm_pending()
+            self._catch_up_pending()
             while workspace is not None and not self._closing and not self._waiting:
                 try:
                     if not workspace.prepare_pending(should_stop=self._should_yield):
@@ -545,6 +623,8 @@ class Engine:
                 cancel.check()
                 decoder = self._decoder_for(request.decoding)
                 result = self._decode_or_recover(request.document, decoder, built, params, cancel)
+            if self.large is not None and getattr(decoder, "paired", False):
+                self._fall_behind(request.document)
         finally:
             self._last_request = time.monotonic()
             if self.workspace is not None and self.workspace.pending():
@@ -642,6 +722,12 @@ class Engine:
         # One swap: a notice the model thread adds meanwhile lands in one list or the other.
         notices, self._notices = self._notices, []
         return notices
+
+    def cache_usage(self) -> dict[str, CacheUsage]:
+        """What the per-document attention caches hold, per model: the memory that grows with
+        use (a token is ~25 KB of the 0.5B's cache and ~57 KB of the 1.5B's in float32), each
+        family bounded by its `cachedDocuments`."""
+        return {"model": _usage(self._cached, "kv"), "large": _usage(self._cached_large, "kv_large")}
 
     def _drop_large_caches(self) -> None:
         _drop_all(self._cached_large, "kv_large")
@@ -889,6 +975,20 @@ class Engine:
             document.kv_large = self.large.new_cache()
         _keep_recent(self._cached_large, document, self.config.pair.cached_documents, "kv_large")
         return document.kv_large
+
+
+@dataclass(frozen=True)
+class CacheUsage:
+    documents: int
+    tokens: int
+
+
+def _usage(cached: OrderedDict[int, weakref.ref[Document]], attribute: str) -> CacheUsage:
+    # Read without the engine's lock (status must not wait for a completion): a count taken
+    # while a cache changes is off by a step, never wrong for long.
+    caches = [getattr(d, attribute, None) for d in (ref() for ref in list(cached.values()))]
+    held = [c for c in caches if c is not None]
+    return CacheUsage(len(held), sum(len(c.tokens) for c in held))
 
 
 def _drop_all(cached: OrderedDict[int, weakref.ref[Document]], attribute: str) -> None:

@@ -217,10 +217,11 @@ def test_the_engine_uses_the_pairs_learned_switch_threshold(tiny_backend, tmp_pa
     fit = fit_threshold(np.r_[np.zeros(5), np.ones(5) * 3], np.r_[np.ones(5), np.zeros(5)])
     name = tiny_backend.info.name
     save_pair_calibration((paths[0], name), (paths[1], name), fit, {})
-    engine = Engine(Config(decoding="ead"), tiny_backend, model_path=paths[0], large=tiny_backend)
+    learned = Config(decoding="ead", ead=EadConfig(threshold=None))  # the pair's own, if learned
+    engine = Engine(learned, tiny_backend, model_path=paths[0], large=tiny_backend)
     assert engine.decoder.threshold == math.inf and "nextab calibrate --large" in caplog.text
     engine.large_path = paths[1]
-    engine.reconfigure(Config(decoding="ead"))
+    engine.reconfigure(learned)
     assert engine.decoder.threshold == pytest.approx(fit.threshold)
     engine.reconfigure(Config(decoding="ead", ead=EadConfig(threshold=0.25)))
     assert engine.decoder.threshold == 0.25
@@ -242,7 +243,8 @@ def test_nextab_calibrate_large_learns_the_pairs_threshold_the_engine_then_uses(
     printed = json.loads(capsys.readouterr().out)
     assert Path(printed["saved"]).is_file() and printed["window"] == 3
     assert 0 < printed["greedy_right"] < 1  # the share of steps where the two agreed
-    config = Config(model=str(tiny_model_dir), backend="torch", device="cpu", decoding="ead", large_model=str(large))
+    config = Config(model=str(tiny_model_dir), backend="torch", device="cpu", decoding="ead", large_model=str(large),
+                    ead=EadConfig(threshold=None))
     engine = Engine.load(config, progress=False)
     assert engine.large is not None
     assert engine.decoder.threshold == pytest.approx(printed["threshold"])

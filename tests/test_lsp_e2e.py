@@ -465,18 +465,25 @@ async def _status_when(client: Client, ready: Callable[[Any], bool]) -> Any:
 
 
 async def test_two_model_decoding_loads_the_large_model_and_lets_it_go(tiny_model_dir: Path) -> None:
-    options = {"decoding": "speculative", "largeModel": str(tiny_model_dir), "maxTokens": 8}
+    # No catch-up limit: the first request, on a document just opened, is the large model's too.
+    options = {"decoding": "speculative", "largeModel": str(tiny_model_dir), "maxTokens": 8, "pair": {"catchUpTokens": None}}
     c = await _start(tiny_model_dir, options)
     try:
-        status = await _status_when(c, lambda s: _get(s, "state") == "ready")
-        assert _get(status, "largeModel", "device") == "cpu"
+        # The large model loads beside the model thread, after the small one is ready.
+        status = await _status_when(c, lambda s: _get(s, "state") == "ready" and _get(s, "largeModel") is not None)
+        assert _get(status, "largeModel", "device") == "cpu" and _get(status, "largeModelLoading") is None
         _open(c)
         assert await c.text_document_inline_completion_async(_inline(5, 11)) is not None
         tokens = _get(await c.protocol.send_request_async("nextab/status", None), "tokens")
         # The tiny model paired with itself: the large model decided every token.
         assert _get(tokens, "generated") > 0 and _get(tokens, "large") == _get(tokens, "generated")
+        memory = _get(await c.protocol.send_request_async("nextab/status", None), "memory")
+        assert _get(memory, "rssMb") > 0
+        for family in ("model", "large"):  # one document, its prompt in both models' caches
+            assert _get(memory, "cached", family, "documents") == 1 and _get(memory, "cached", family, "tokens") > 10
         c.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings={"decoding": "greedy"}))
-        await _status_when(c, lambda s: _get(s, "largeModel") is None)
+        status = await _status_when(c, lambda s: _get(s, "largeModel") is None)
+        assert _get(status, "memory", "cached", "large", "documents") == 0
         assert await c.text_document_inline_completion_async(_inline(5, 11)) is not None
     finally:
         await c.shutdown_async(None)

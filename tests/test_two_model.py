@@ -41,7 +41,18 @@ def models(tiny_backend):
 
 
 def _config(**extra) -> Config:
+    # No catch-up limit unless a test sets one: a cold document is then the large model's to read.
+    extra.setdefault("pair", PairConfig(catch_up_tokens=None))
     return Config(decoding="speculative", completion=CompletionConfig(middle_lines=0), **extra)
+
+
+def _wait_for(condition, seconds: float = 30.0) -> bool:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and not condition():
+        time.sleep(0.05)
+    return condition()
 
 
 def _ask(engine: Engine, doc: Document, text: str):
@@ -73,6 +84,9 @@ def test_a_keystroke_costs_the_large_model_only_its_new_tokens(models) -> None:
     # character's token(s) and a re-run of the last one are new.
     assert second.metrics.prompt_tokens - second.metrics.reused_tokens <= 3
     assert doc.kv_large is not None and doc.kv is not None
+    usage = engine.cache_usage()
+    assert (usage["model"].documents, usage["model"].tokens) == (1, len(doc.kv.tokens))
+    assert (usage["large"].documents, usage["large"].tokens) == (1, len(doc.kv_large.tokens))
 
 
 def test_large_caches_are_kept_for_the_most_recent_documents_only(models) -> None:
@@ -95,6 +109,42 @@ def test_a_cold_document_over_the_catch_up_limit_is_answered_by_the_small_model(
     expected = _ask(alone, Document("file:///a.py", SOURCE), SOURCE)
     assert got.metrics.fallback == "catch-up" and got.metrics.large_tokens == 0
     assert got.text == expected.text
+
+
+def test_the_large_model_catches_up_while_idle_and_then_takes_part(models) -> None:
+    small, large = models
+    engine = Engine(_config(pair=PairConfig(catch_up_tokens=4)), small, large=large)
+    expected = _ask(Engine(Config(completion=CompletionConfig(middle_lines=0)), large), Document("file:///b.py", SOURCE), SOURCE)
+    doc = Document("file:///a.py", SOURCE)
+    try:
+        first = _ask(engine, doc, SOURCE)
+        assert first.metrics.fallback == "catch-up"
+        # The model idle, the large model reads what the small one holds, in the background.
+        assert _wait_for(lambda: doc.kv_large is not None and list(doc.kv_large.tokens) == list(doc.kv.tokens))
+        second = _ask(engine, doc, SOURCE)
+        assert second.metrics.fallback == "" and second.metrics.large_tokens == second.metrics.generated_tokens
+        # Within the 4-token limit now: the caught-up cache held all but the last token.
+        assert second.text == expected.text
+    finally:
+        engine.close_workspace()
+
+
+def test_a_request_takes_the_model_from_the_large_models_catch_up(models) -> None:
+    small, large = models
+    engine = Engine(_config(pair=PairConfig(catch_up_tokens=4)), small, large=large)
+    doc = Document("file:///a.py", SOURCE)
+    try:
+        _ask(engine, doc, SOURCE)
+        engine._behind.clear()  # the background thread leaves this document to the test
+        engine._waiting += 1  # as a request does the moment it arrives
+        with engine._lock:
+            assert not engine._catch_up_large(doc, tuple(doc.kv.tokens))
+        engine._waiting -= 1
+        with engine._lock:
+            assert engine._catch_up_large(doc, tuple(doc.kv.tokens))
+        assert list(doc.kv_large.tokens) == list(doc.kv.tokens)
+    finally:
+        engine.close_workspace()
 
 
 def test_greedy_requests_leave_the_large_model_alone(models) -> None:
@@ -138,6 +188,29 @@ def test_reconfiguring_into_two_models_loads_the_large_one(tiny_backend, tiny_mo
     assert result.metrics.fallback == "" and result.metrics.large_tokens == result.metrics.generated_tokens
 
 
+def test_a_large_model_loaded_off_the_model_thread_is_attached_once_wanted(models) -> None:
+    small, large = models
+    spec = "the/large-one"  # loaded by the caller (the server's loader thread), here: given
+    engine = Engine(Config(completion=CompletionConfig(middle_lines=0)), small)
+    engine.reconfigure(_config(large_model=spec), load_large=False)
+    assert engine.large is None and engine.wants_large() == spec
+    # Meanwhile the small model answers alone.
+    doc = Document("file:///a.py", SOURCE)
+    assert _ask(engine, doc, SOURCE).metrics.fallback == "no-large"
+    assert not engine.attach_large("another/model", large) and engine.large is None
+    try:
+        assert engine.attach_large(spec, large) and engine.wants_large() is None
+        # Once attached, it reads the document the small model has been serving, while idle.
+        assert _wait_for(lambda: doc.kv_large is not None and list(doc.kv_large.tokens) == list(doc.kv.tokens))
+    finally:
+        engine.close_workspace()
+    got = _ask(engine, Document("file:///b.py", SOURCE), SOURCE)
+    assert got.metrics.fallback == "" and got.metrics.large_tokens == got.metrics.generated_tokens > 0
+    # Settings that moved on to greedy decoding do not take a large model that arrives late.
+    engine.reconfigure(Config(completion=CompletionConfig(middle_lines=0)))
+    assert engine.large is None and not engine.attach_large(spec, large) and engine.large is None
+
+
 def test_two_model_settings() -> None:
     config, errors = load({"decoding": "speculative", "speculative": {"maxDraft": 4}, "pair": {"catchUpTokens": None}})
     assert errors == [] and config.needs_large and config.speculative.max_draft == 4
@@ -160,7 +233,8 @@ def test_ead_through_the_engine_spans_the_two_models(models, caplog) -> None:
         for name, backend in (("small", small), ("large", large))
     }
     for threshold, like in ((0.0, "large"), (None, "small")):
-        engine = Engine(Config(decoding="ead", ead=EadConfig(threshold=threshold), completion=CompletionConfig(middle_lines=0)), small, large=large)
+        config = _config(ead=EadConfig(threshold=threshold))
+        engine = Engine(replace(config, decoding="ead"), small, large=large)
         got = _ask(engine, Document("file:///a.py", SOURCE), SOURCE)
         assert got.text == alone[like].text
         assert got.metrics.large_tokens == (got.metrics.generated_tokens if like == "large" else 0)
@@ -170,7 +244,8 @@ def test_ead_through_the_engine_spans_the_two_models(models, caplog) -> None:
 def test_adadec_with_the_large_model_as_judge_through_the_engine(models) -> None:
     small, large = models
     config = Config(
-        decoding="adadec", adadec=AdaDecConfig(threshold=0.0, scorer="large"), completion=CompletionConfig(middle_lines=0)
+        decoding="adadec", adadec=AdaDecConfig(threshold=0.0, scorer="large"), completion=CompletionConfig(middle_lines=0),
+        pair=PairConfig(catch_up_tokens=None),
     )
     assert config.needs_large and not replace(config, adadec=AdaDecConfig(threshold=0.0)).needs_large
     doc = Document("file:///a.py", SOURCE)
