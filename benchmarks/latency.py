@@ -36,6 +36,9 @@ over every answered request; `in_time` is the share of sent requests answered wi
 keystroke interval of being sent; sent = answered + cancelled + failed, where a request is
 cancelled when the client sent `$/cancelRequest` for it before its answer arrived.
 `--no-cancel` waits for every answer (no cancellation, typing speed only sets the gap).
+`--settle S` leaves S seconds without typing after each place's cold answer, as a developer
+reading the file: background work (two-model decoding's large model catching up with the
+document) runs then.
 An answer that is the previous answer the client saw less the characters typed since is
 flagged `continues` (the server's typeahead serves those without the model);
 `fresh_latency_ms` leaves them out: the waited-for requests the model had to answer.

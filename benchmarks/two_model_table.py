@@ -48,6 +48,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import fim_humaneval as fh
 
+from nextab.bench_accept import merge
+
 DEFAULT_EAD = (0.5, 1.0, 1.66)
 BASE_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "small": ("greedy", {}),
@@ -69,16 +71,6 @@ class Variant:
     def options(self, base: dict[str, Any]) -> dict[str, Any]:
         """initializationOptions for a server running this variant."""
         return merge(merge(base, self.settings), {"decoding": self.decoding})
-
-
-def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merge(out[key], value)
-        else:
-            out[key] = value
-    return out
 
 
 def ead_name(threshold: float) -> str:
