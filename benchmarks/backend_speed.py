@@ -3,7 +3,8 @@
 The same prompt (real code, ~1k tokens) through each backend's `forward`, as the decoders call
 it: pre-fill in 256-token chunks on a fresh cache, then greedy decode steps, then a forward of
 1 + k drafted tokens (what checking a prompt-lookup draft costs), then one token-tree level of
-3 branches (an AdaDec pause). Prints one JSON object, with every figure also as a ratio to the
+3 branches, then a whole AdaDec pause (3 branches rolled out 5 tokens: `pause_3x5_ms`, the
+cache already known to the tree, as at every pause but a decoding's first). Prints one JSON object, with every figure also as a ratio to the
 first backend listed, measured in the same run.
 
     python benchmarks/backend_speed.py --backends torch,onnx-int4,onnx-int8 --tokens 1024
@@ -109,6 +110,20 @@ def measure(backend: Backend, tokens: int, steps: int, reps: int) -> dict[str, A
         verify[f"verify_{k}_ms"] = round(statistics.median(runs), 1)
     backend.truncate(cache, base)
     tree = [timed(lambda: backend.forward_tree(cache, [1, 2, 3], [-1, -1, -1])) for _ in range(1)]
+
+    def pause() -> None:
+        # An AdaDec pause: three candidates, then a 5-token greedy rollout after each, a level
+        # of three rows per depth, then back to the prompt.
+        backend.truncate(cache, base)
+        nodes = [0, 1, 2]
+        backend.forward_tree(cache, [1, 2, 3], [-1, -1, -1])
+        for depth in range(1, 5):
+            backend.forward_tree(cache, [4, 5, 6], nodes)
+            nodes = [3 * depth + row for row in range(3)]
+        backend.truncate(cache, base)
+
+    pause()  # the first pause on a cache sets up what later ones reuse
+    lookahead = [timed(pause) for _ in range(reps)]
     return {
         "prompt_tokens": len(ids),
         "prefill_ms": round(statistics.median(prefill_ms), 1),
@@ -117,6 +132,7 @@ def measure(backend: Backend, tokens: int, steps: int, reps: int) -> dict[str, A
         "decode_p95_ms": round(sorted(step_ms)[int(0.95 * (len(step_ms) - 1))], 1),
         **verify,
         "tree_3_branches_ms": round(tree[0], 1),
+        "pause_3x5_ms": round(statistics.median(lookahead), 1),
     }
 
 

@@ -12,12 +12,14 @@ the same engine path, the 1.5B's own cache per document), `speculative` (the 0.5
 thresholds) and `adadec-large` (the 0.5B's AdaDec with the 1.5B scoring its branches).
 
 `humaneval`: HumanEval infilling through the engine (`fim_humaneval.py`'s tasks, scoring and
-summary). Both models are loaded once; for each task the document is opened and primed (two
-untimed one-token requests, so that both models hold the prompt in their caches),
-then every variant completes the hole in turn on the same document. The latency is therefore
-the *warm-prompt* cost of each strategy: what it spends once both models know the file, which
-is where an editor's keystrokes are (a keystroke adds a token or two). What a cold prompt
-costs each model is reported apart (`prime_ms`): opening a file is paid once, by warming.
+summary). Both models are loaded once. Each task is a keystroke: the document is opened as it
+stood one keystroke before the hole (Enter, where the hole starts a new line; else its last
+character) and both models read it (two untimed one-token requests; the first time is the
+file's cold read, reported apart as `prime_ms`). Then each variant in turn types the keystroke
+and completes the hole, after the two models are brought back to the text before it, and with
+no suggestion left that typing ahead could serve: the latency is a *warm keystroke* the model
+has to answer (the keystroke's few tokens, then the decoding), where an editor's waits are,
+one sample per task and variant, each on the same prompt.
 
 `replay`: the typing replay of `latency.py` (a real `nextab serve` per variant, driven over
 LSP by a typing client, cancellation included), one server per variant, each with
@@ -50,7 +52,7 @@ import fim_humaneval as fh
 
 from nextab.bench_accept import merge
 
-DEFAULT_EAD = (0.5, 1.0, 1.66)
+DEFAULT_EAD = (0.5, 0.75, 1.0, 1.66)
 BASE_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "small": ("greedy", {}),
     "small-adadec": ("adadec", {}),
@@ -121,6 +123,25 @@ def variant_config(base: Any, variant: Variant) -> Any:
     return dataclasses.replace(config, decoding="speculative")
 
 
+def keystroke_cut(prompt: str) -> int:
+    """Where the document stood one keystroke before the hole: before the line break when the
+    hole starts a new line (Enter, the editor indenting), else before the last character."""
+    line_start = prompt.rfind("\n") + 1
+    if line_start and not prompt[line_start:].strip():
+        return line_start - 1
+    return max(0, len(prompt) - 1)
+
+
+def prime(engine: Any, task: fh.Task, document: Any, cut: int, mode: str) -> None:
+    """A one-token request each at `cut`: the small model's reads the text, then the large
+    model's (speculative decoding drafts nothing for one token)."""
+    from nextab.engine import CompletionRequest
+
+    text = task.prompt[:cut] + task.suffix
+    for strategy in ("greedy", "speculative"):
+        engine.complete(CompletionRequest(document, cut, text, mode=mode, max_tokens=1, decoding=strategy))
+
+
 def run_humaneval(engine: Any, tasks: Sequence[fh.Task], chosen: Sequence[Variant], mode: str,
                   max_tokens: int | None, workers: int) -> tuple[list[fh.TaskResult], list[float]]:  # fmt: skip
     from tqdm import tqdm
@@ -133,16 +154,18 @@ def run_humaneval(engine: Any, tasks: Sequence[fh.Task], chosen: Sequence[Varian
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="check") as pool:
         for task in tqdm(tasks, desc="complete", unit="task", file=sys.stderr):
             document = fh.task_document(task)
+            cut = keystroke_cut(task.prompt)
             try:
-                engine.reconfigure(configs[chosen[0].name])
-                started = time.perf_counter()
-                # A one-token request each: the small model's reads the prompt, then the large
-                # model's (speculative decoding drafts nothing for one token).
-                for strategy in ("greedy", "speculative"):
-                    fh.complete_in(engine, task, document, mode, 1, strategy)
-                prime_ms.append((time.perf_counter() - started) * 1000)
-                for variant in chosen:
+                for i, variant in enumerate(chosen):
                     engine.reconfigure(configs[variant.name])
+                    started = time.perf_counter()
+                    # Both models back to the text before the keystroke (the first time, the
+                    # file's cold read, reported apart), with no suggestion to type ahead in:
+                    # the measured request is one keystroke the model has to answer.
+                    prime(engine, task, document, cut, mode)
+                    document.given = None
+                    if i == 0:
+                        prime_ms.append((time.perf_counter() - started) * 1000)
                     result = fh.complete_in(engine, task, document, mode, max_tokens, variant.decoding)
                     result.decoding = variant.name
                     results.append(result)
@@ -267,19 +290,22 @@ def table_rows(files: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[st
     header = ["variant"]
     for f in humaneval:
         tag = f"{f['set']} ({f['n']})"
-        header += [f"{tag} EM", f"{tag} pass@1", f"{tag} warm p50 ms", f"{tag} 1.5B share"]
+        header += [f"{tag} EM", f"{tag} pass@1", f"{tag} keystroke p50 ms", f"{tag} p95 ms",
+                   f"{tag} x small p50", f"{tag} 1.5B share"]
     for _ in replays:
         header += ["keystroke p50 ms", "keystroke p95 ms", "x small p50", "keystroke 1.5B share"]
     rows = []
     for name in names:
         row = [name]
         for f in humaneval:
-            s = f["by_variant"].get(name)
+            s, small = f["by_variant"].get(name), f["by_variant"].get("small")
             if s is None:
-                row += ["-"] * 4
+                row += ["-"] * 6
                 continue
-            row += [_fmt(s["exact_match"]), _fmt(s["pass_at_1"]), _ms(s["latency_ms"]["p50"]),
-                    _fmt(s["decoding"]["large_share"], 2)]  # fmt: skip
+            p50 = s["latency_ms"]["p50"]
+            ratio = _fmt(p50 / small["latency_ms"]["p50"], 2) if small and p50 else "-"
+            row += [_fmt(s["exact_match"]), _fmt(s["pass_at_1"]), _ms(p50), _ms(s["latency_ms"]["p95"]),
+                    ratio, _fmt(s["decoding"]["large_share"], 2)]  # fmt: skip
         for f in replays:
             row += replay_cells(f, name)
         rows.append(row)

@@ -370,7 +370,9 @@ class NextabServer(LanguageServer):
             # completions a two-model strategy answered with the small model alone, by why.
             "tokens": {"generated": self.tokens["generated"], "large": self.tokens["large"]},
             "fallbacks": {
-                key.removeprefix("fallback:"): n for key, n in self.tokens.items() if key.startswith("fallback:")
+                _camel(key.removeprefix("fallback:")): n
+                for key, n in self.tokens.items()
+                if key.startswith("fallback:")
             },
             # The process's resident memory, and the tokens the documents' caches hold per model.
             "memory": memory,
@@ -688,6 +690,13 @@ def _freeze_long_lived() -> None:
     # every thread stopped, requests included). Frozen, the collector skips them; they are
     # still freed by reference counting when dropped.
     gc.freeze()
+
+
+def _camel(reason: str) -> str:
+    # "no-large" -> "noLarge": a JSON key as the rest of the status's, and one that clients
+    # mapping objects to attributes (pygls's namedtuples) keep instead of renaming it "_0".
+    head, *rest = reason.split("-")
+    return head + "".join(part.capitalize() for part in rest)
 
 
 def _stop_stats(stops: list[float]) -> dict[str, Any]:

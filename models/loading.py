@@ -6,6 +6,7 @@ import importlib.util
 import logging
 from typing import Literal
 
+from nextab.models import memory
 from nextab.models.backend import Backend
 from nextab.models.resolve import ResolvedModel
 
@@ -67,7 +68,19 @@ def load_backend(
         return _load_onnx(resolved, kind, device, dtype, precision, progress)
     from nextab.models.torch_backend import TorchBackend
 
+    _check_torch_memory(resolved, device, dtype)
     return TorchBackend.load(resolved.path, resolved.name, device, dtype)
+
+
+def _check_torch_memory(resolved: ResolvedModel, device: str, dtype: str) -> None:
+    # Only a CPU model lives in host memory; a GPU's own memory error is handled where it runs.
+    if device != "cpu":
+        return
+    from nextab.models.torch_backend import pick_dtype
+
+    itemsize = pick_dtype(dtype, device).itemsize
+    needed = memory.torch_load_bytes(resolved.path, itemsize)
+    memory.require(f"loading {resolved.name} in torch", needed, "use a smaller model")
 
 
 def _exportable(resolved: ResolvedModel) -> bool:
@@ -100,10 +113,14 @@ def _load_onnx(
     exported = export_model(
         resolved, None if precision == "auto" else precision, provider, progress=progress  # type: ignore[arg-type]
     )
+    if provider == "cpu":
+        needed = int(memory.weights_bytes(exported.path) * 1.2)
+        memory.require(f"loading {resolved.name} in onnxruntime", needed, "use a smaller model")
     decode = OnnxBackend.load(exported.path, resolved.name, device)
     if kind == "onnx":
         return decode
     from nextab.models.split_backend import SplitBackend
     from nextab.models.torch_backend import TorchBackend
 
+    _check_torch_memory(resolved, device, dtype)
     return SplitBackend(decode, TorchBackend.load(resolved.path, resolved.name, device, dtype))

@@ -5,9 +5,11 @@ The attention cache is one host buffer per layer for keys and one for values, wi
 more tokens than it holds: the fused attention reads the first `len(tokens)` positions and
 writes the new ones in place (its past and present outputs bound to the same buffer), so a
 step copies nothing and truncating only shortens the length. Token-tree nodes (AdaDec's
-lookahead, beams) keep only their own one-token key/value slices and run as rows of one
-batch, each row its branch's path over the shared prefix, so sibling branches cost one
-forward per depth.
+lookahead, beams) run as rows of one batch, sibling branches one forward per depth, in the
+backend's tree rows: buffers that hold the cache's prefix once per row (copied in once, then
+only where the cache changed) and each row's branch path after it, written in place as the
+cache's are. Each node keeps its own one-token key/value slices too, for a row that has to
+take another branch's path (beam search reorders).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import json
 import logging
 import os
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -50,6 +53,8 @@ class OnnxCache:
     tokens: list[int] = field(default_factory=list)
     tree: list[_Node] = field(default_factory=list)
     bound: list[tuple[Any, Any]] = field(default_factory=list)  # onnxruntime views of the buffers
+    # Positions below this are as the backend's tree rows hold them (OnnxBackend._tree_rows_for).
+    synced: int = 0
 
     @property
     def tree_size(self) -> int:
@@ -67,6 +72,57 @@ class OnnxCache:
     @property
     def values(self) -> list[np.ndarray]:
         return [b[:, :, : len(self.tokens)] for b in self.buffers_v]
+
+
+@dataclass
+class _TreeRows:
+    """Batch buffers for token-tree levels: per layer (rows, kv_heads, capacity, head_dim),
+    every row the owner cache's prefix, then one branch's path (`paths`: its node numbers)."""
+
+    owner: weakref.ref[OnnxCache]
+    buffers_k: list[np.ndarray] = field(default_factory=list)
+    buffers_v: list[np.ndarray] = field(default_factory=list)
+    paths: list[list[int]] = field(default_factory=list)
+    _bound: dict[int, list[tuple[Any, Any]]] = field(default_factory=dict)
+
+    @property
+    def count(self) -> int:
+        return self.buffers_k[0].shape[0] if self.buffers_k else 0
+
+    @property
+    def capacity(self) -> int:
+        return self.buffers_k[0].shape[2] if self.buffers_k else 0
+
+    def grow(self, backend: OnnxBackend, count: int, capacity: int, held: int) -> None:
+        """Room for `count` rows of `capacity` positions, the first `held` kept."""
+        kept = min(held, self.capacity)
+        for buffers in (self.buffers_k, self.buffers_v):
+            for layer in range(backend._layers):
+                new = np.zeros((count, backend._kv_heads, capacity, backend._head_dim), dtype=backend._kv_dtype)
+                if layer < len(buffers):
+                    old = buffers[layer]
+                    new[: old.shape[0], :, :kept] = old[:, :, :kept]
+                    # A new row's prefix is another row's: every row holds the same one.
+                    new[old.shape[0] :, :, :kept] = old[:1, :, :kept]
+                    buffers[layer] = new
+                else:
+                    buffers.append(new)
+        self.paths = [[] for _ in range(count)]
+        self._bound = {}
+
+    def forget_paths(self) -> None:
+        self.paths = [[] for _ in range(self.count)]
+
+    def bound(self, count: int) -> list[tuple[Any, Any]]:
+        """onnxruntime views of the first `count` rows (no copies: it writes into them)."""
+        if count not in self._bound:
+            from onnxruntime import OrtValue
+
+            self._bound[count] = [
+                (OrtValue.ortvalue_from_numpy(k[:count]), OrtValue.ortvalue_from_numpy(v[:count]))
+                for k, v in zip(self.buffers_k, self.buffers_v, strict=True)
+            ]
+        return self._bound[count]
 
 
 @dataclass
@@ -122,6 +178,7 @@ class OnnxBackend(HfTokens):
         self._outputs = [o.name for o in session.get_outputs()]
         self._signal: CancelSignal | None = None
         self._running: Any = None  # the RunOptions of the forward in progress
+        self._tree_rows: _TreeRows | None = None  # token-tree levels run here (forward_tree)
         self.info = ModelInfo(
             name=name,
             model_type=str(config.get("model_type", "")),
@@ -296,6 +353,7 @@ class OnnxBackend(HfTokens):
         cache.tree.clear()
         # What lies past the new length is overwritten by the next tokens, never read.
         del cache.tokens[max(length, 0) :]
+        cache.synced = min(cache.synced, len(cache.tokens))
 
     # --- token trees -------------------------------------------------------------------------
 
@@ -308,6 +366,8 @@ class OnnxBackend(HfTokens):
             raise ValueError("a token tree needs at least one cached token to hang from")
         tree = cache.tree
         first = len(tree)
+        if not first and self._tree_rows is not None:
+            self._tree_rows.forget_paths()  # a new tree: the rows' node numbers are stale
         for token, parent in zip(tokens, parents, strict=True):
             if not -1 <= parent < len(tree):
                 raise ValueError(f"parent {parent} is not an earlier node of the tree")
@@ -318,18 +378,89 @@ class OnnxBackend(HfTokens):
         # A node's parent is computed before it: nodes of one depth run together, as rows.
         for depth in sorted({tree[i].depth for i in new}):
             level = [i for i in new if tree[i].depth == depth]
-            paths = [self._path(tree, i) for i in level]
-            prefix_k, prefix_v = cache.keys, cache.values
-            keys = [self._rows(prefix_k[layer], paths, tree, layer, "keys") for layer in range(self._layers)]
-            values = [self._rows(prefix_v[layer], paths, tree, layer, "values") for layer in range(self._layers)]
-            ids = np.array([[tree[i].token] for i in level], dtype=np.int64)
-            logits, present_k, present_v = self._run(ids, keys, values, 1)
+            logits = self._run_level(cache, level, depth)
             for row, index in enumerate(level):
-                node = tree[index]
-                node.keys = [k[row, :, -1:].copy() for k in present_k]
-                node.values = [v[row, :, -1:].copy() for v in present_v]
-                out[index - first] = logits[row, -1]
+                out[index - first] = logits[row]
         return out
+
+    def _run_level(self, cache: OnnxCache, level: list[int], depth: int) -> np.ndarray:
+        """One depth of the tree as rows of one batch, in place in the tree rows' buffers:
+        row r holds the cache's prefix, then the path to level[r]'s parent."""
+        rows = self._tree_rows_for(cache, len(level), depth + 1)
+        tree, held = cache.tree, len(cache.tokens)
+        paths = [self._path(tree, index) for index in level]
+        for row, path in enumerate(paths):
+            if rows.paths[row][: len(path)] != path:
+                # Another branch's path was in this row (beams reorder): its few positions
+                # are rewritten from the nodes' own slices; the prefix is shared.
+                for layer in range(self._layers):
+                    for n, node in enumerate(path):
+                        rows.buffers_k[layer][row, :, held + n] = tree[node].keys[layer][:, 0]
+                        rows.buffers_v[layer][row, :, held + n] = tree[node].values[layer][:, 0]
+                rows.paths[row] = path
+        count = len(level)
+        binding = self.session.io_binding()
+        binding.bind_cpu_input("input_ids", np.array([[tree[i].token] for i in level], dtype=np.int64))
+        binding.bind_cpu_input("attention_mask", np.ones((count, held + depth + 1), dtype=np.int64))
+        if self._keep:
+            binding.bind_cpu_input(KEEP_INPUT, np.array([1], dtype=np.int64))
+        for layer, (k, v) in enumerate(rows.bound(count)):
+            binding.bind_ortvalue_input(f"past_key_values.{layer}.key", k)
+            binding.bind_ortvalue_input(f"past_key_values.{layer}.value", v)
+            binding.bind_ortvalue_output(f"present.{layer}.key", k)
+            binding.bind_ortvalue_output(f"present.{layer}.value", v)
+        binding.bind_output("logits")
+        options = None
+        try:
+            options = self._run_options()
+            self.session.run_with_iobinding(binding, options)
+        except Exception:
+            rows.forget_paths()  # rows part-way written: their tree positions are rewritten
+            if options is not None and options.terminate:
+                raise Interrupted from None
+            raise
+        finally:
+            self._running = None
+        position = held + depth
+        for row, index in enumerate(level):
+            rows.paths[row] = [*paths[row], index]
+            node = tree[index]
+            node.keys = [b[row, :, position : position + 1].copy() for b in rows.buffers_k]
+            node.values = [b[row, :, position : position + 1].copy() for b in rows.buffers_v]
+        logits = binding.get_outputs()[-1].numpy()
+        return logits[:, -1].astype(np.float32, copy=False)
+
+    def _tree_rows_for(self, cache: OnnxCache, count: int, depth: int) -> _TreeRows:
+        """The backend's tree rows, holding `cache`'s prefix in at least `count` rows with room
+        for `depth` tree positions after it. The prefix is copied in once per cache and then
+        only from where the cache was rewritten since (a later pause of the same decoding adds
+        a few tokens): copying a 1.5k-token prompt's keys into every row at every depth cost an
+        AdaDec pause more than its forwards."""
+        held = len(cache.tokens)
+        rows = self._tree_rows
+        if rows is None or rows.owner() is not cache:
+            # Rows for a cache that is gone are only memory (a prompt's keys, once per row).
+            rows = self._tree_rows = _TreeRows(weakref.ref(cache, self._owner_gone))
+            cache.synced = 0
+        if rows.count < count or rows.capacity < held + depth:
+            capacity = -(-(held + depth) // _MIN_CAPACITY) * _MIN_CAPACITY
+            rows.grow(self, max(count, rows.count), max(capacity, rows.capacity), held)
+        start = min(cache.synced, held)
+        if start < held:
+            for layer in range(self._layers):
+                rows.buffers_k[layer][:, :, start:held] = cache.buffers_k[layer][0, :, start:held]
+                rows.buffers_v[layer][:, :, start:held] = cache.buffers_v[layer][0, :, start:held]
+        cache.synced = held
+        return rows
+
+    def _owner_gone(self, owner: weakref.ref[OnnxCache]) -> None:
+        rows = self._tree_rows
+        if rows is not None and rows.owner is owner:
+            self._tree_rows = None
+
+    def release_memory(self) -> None:
+        """Drop what the backend keeps beside the caches (the engine dropped them all)."""
+        self._tree_rows = None
 
     @staticmethod
     def _path(tree: list[_Node], index: int) -> list[int]:
@@ -340,16 +471,6 @@ class OnnxBackend(HfTokens):
             path.append(node)
             node = tree[node].parent
         return path[::-1]
-
-    @staticmethod
-    def _rows(
-        prefix: np.ndarray, paths: list[list[int]], tree: list[_Node], layer: int, kind: str
-    ) -> np.ndarray:
-        rows = []
-        for path in paths:
-            parts = [prefix[0]] + [getattr(tree[n], kind)[layer] for n in path]
-            rows.append(np.concatenate(parts, axis=1) if len(parts) > 1 else prefix[0])
-        return np.ascontiguousarray(np.stack(rows))
 
     # --- batches -------------------------------------------------------------------------------
 

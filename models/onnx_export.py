@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from nextab.models import subprocesses
+from nextab.models import memory, subprocesses
 from nextab.models.resolve import (
     ResolvedModel,
     _fsync_tree,
@@ -120,6 +120,7 @@ def export_model(
                     f"exporting {model.name} to onnxruntime ({precision}, {provider}; only once, "
                     f"{'a few minutes' if precision in _QUANTIZATION else 'about a minute'})"
                 )
+            _check_memory(model)
             _run_builder(model.path, staging, precision, provider)
             add_logits_to_keep(staging / "model.onnx")
             for name in _SIDE_FILES:
@@ -131,6 +132,17 @@ def export_model(
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return Exported(target, precision, provider)
+
+
+def _check_memory(model: ResolvedModel) -> None:
+    needed = int(memory.weights_bytes(model.path) * memory.EXPORT_FACTOR)
+    try:
+        memory.require(
+            f"exporting {model.name} to onnxruntime", needed,
+            "use backend 'torch', or export once where there is more (the export is kept)",
+        )  # fmt: skip
+    except memory.NotEnoughMemory as error:
+        raise ExportError(str(error)) from None
 
 
 def _source_stamp(path: Path) -> str:

@@ -34,8 +34,24 @@ def test_variants_default_to_all_in_table_order_and_take_any_ead_threshold() -> 
         bench.variants(["ead-high"], [])
 
 
-def test_every_variant_completes_every_task_on_the_primed_document(tiny_backend) -> None:
+def test_the_keystroke_before_the_hole_is_enter_at_a_new_line_else_the_last_character() -> None:
+    assert bench.keystroke_cut("def f(x):\n    ") == len("def f(x):")
+    assert bench.keystroke_cut("def f(x):\n") == len("def f(x):")
+    assert bench.keystroke_cut("    return x +") == len("    return x ")
+    assert bench.keystroke_cut("") == 0
+
+
+def test_every_variant_completes_every_task_on_the_primed_document(tiny_backend, monkeypatch) -> None:
     from tests.tiny import lively_model
+
+    measured = fh.complete_in
+
+    def complete_in(engine, task, document, *args):
+        # No suggestion left to type ahead in: the measured keystroke is the model's to answer.
+        assert document.given is None
+        return measured(engine, task, document, *args)
+
+    monkeypatch.setattr(fh, "complete_in", complete_in)
 
     tokenizer = tiny_backend.tokenizer
     eos = tokenizer.eos_token_id
@@ -58,10 +74,11 @@ def test_every_variant_completes_every_task_on_the_primed_document(tiny_backend)
         assert by[task.task_id, "ead-0"].completion == large_text
         assert by[task.task_id, "small"].large_tokens == 0
         assert by[task.task_id, "large"].large_tokens == by[task.task_id, "large"].generated_tokens > 0
-        # Primed: both models held the prompt, so no variant paid more than a token or two of it.
-        for name in ("small", "large", "speculative"):
-            r = by[task.task_id, name]
-            assert r.prompt_tokens - r.reused_tokens <= 2 and r.fallback == ""
+        # Primed one keystroke back: every variant paid the keystroke's few tokens (the model's
+        # own answer, not the typed-ahead rest of the priming one), not the prompt.
+        for v in chosen:
+            r = by[task.task_id, v.name]
+            assert 1 <= r.prompt_tokens - r.reused_tokens <= 4 and r.fallback == "", r
         assert all(by[task.task_id, v.name].check in ("pass", "fail", "timeout") for v in chosen)
     # The engine is left as it was, the large model still loaded.
     assert engine.config == config and engine.large is large
@@ -81,7 +98,8 @@ def test_the_replay_runs_one_server_per_variant_with_its_strategy_and_settings(t
 
 
 def _summary(em: float, passed: float, p50: float, share: float) -> dict:
-    return {"exact_match": em, "pass_at_1": passed, "latency_ms": {"p50": p50}, "decoding": {"large_share": share}}
+    latency = {"p50": p50, "p95": 2 * p50}
+    return {"exact_match": em, "pass_at_1": passed, "latency_ms": latency, "decoding": {"large_share": share}}
 
 
 def test_the_table_merges_humaneval_and_the_replay(tmp_path) -> None:
@@ -106,5 +124,5 @@ def test_the_table_merges_humaneval_and_the_replay(tmp_path) -> None:
         paths[-1].write_text(json.dumps(data))
     table = bench.table_main(bench.parse_args(["table", *map(str, paths)])).splitlines()
     assert table[0].startswith("| variant | single (50) EM | single (50) pass@1 |")
-    assert table[2] == "| small | 0.400 | 0.600 | 300 | 0.00 | 200 | 400 | 1.00 | 0.00 |"
-    assert table[3] == "| large | 0.600 | 0.800 | 900 | 1.00 | 500 | 900 | 2.50 | 0.75 |"
+    assert table[2] == "| small | 0.400 | 0.600 | 300 | 600 | 1.00 | 0.00 | 200 | 400 | 1.00 | 0.00 |"
+    assert table[3] == "| large | 0.600 | 0.800 | 900 | 1800 | 3.00 | 1.00 | 500 | 900 | 2.50 | 0.75 |"

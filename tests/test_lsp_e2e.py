@@ -489,3 +489,22 @@ async def test_two_model_decoding_loads_the_large_model_and_lets_it_go(tiny_mode
         await c.shutdown_async(None)
         c.exit(None)
         await c.stop()
+
+
+async def test_a_large_model_that_cannot_load_is_said_once_and_the_small_one_answers(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    options = {"decoding": "ead", "largeModel": str(tmp_path / "missing"), "maxTokens": 4}
+    c = await _start(tiny_model_dir, options)
+    try:
+        await _status_when(c, lambda s: _get(s, "state") == "ready" and _get(s, "largeModelLoading") is None)
+        _open(c)
+        assert await c.text_document_inline_completion_async(_inline(5, 11)) is not None
+        status = await c.protocol.send_request_async("nextab/status", None)
+        # Counted under a key a client can read back as an attribute.
+        assert _get(status, "fallbacks", "noLarge") == 1 and _get(status, "largeModel") is None
+        errors = [m.message for m in c.messages if m.type == types.MessageType.Error]
+        assert len(errors) == 1 and "cannot be used" in errors[0] and "decodes alone" in errors[0]
+    finally:
+        await c.shutdown_async(None)
+        c.exit(None)

@@ -4,6 +4,7 @@ real model is measured in tests/test_real_model.py and benchmarks/onnx_agreement
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 from collections.abc import Iterator
@@ -131,6 +132,45 @@ def test_tree_nodes_equal_their_paths_run_alone(models) -> None:
     # A plain forward drops the tree.
     onnx.forward(cache, [7])
     assert cache.tree_size == 0 and cache.tokens == [*ids, 7]
+
+
+def test_trees_stay_exact_as_the_prefix_changes_and_caches_alternate(models) -> None:
+    # The rows a tree runs in hold a copy of the cache's prefix, refreshed only from where the
+    # cache changed: after tokens are added, after a truncation and rewrite, for another cache.
+    onnx, *_ = models
+    ids = onnx.tokenize(PROMPTS[2])
+    cache, other = onnx.new_cache(), onnx.new_cache()
+    onnx.forward(cache, ids)
+    onnx.forward(other, ids[:-3])
+
+    def check(c, tokens, got, paths) -> None:
+        for row, path in zip(got, paths, strict=True):
+            want = onnx.forward(onnx.new_cache(), [*tokens, *path])
+            np.testing.assert_allclose(row, want, atol=1e-4)
+
+    # One root, then three children: more rows than the first level had.
+    root = onnx.forward_tree(cache, [5], [-1])
+    kids = onnx.forward_tree(cache, [6, 7, 8], [0, 0, 0])
+    check(cache, ids, [*root, *kids], [[5], [5, 6], [5, 7], [5, 8]])
+    onnx.forward(cache, [9, 10])  # the tree goes, the prefix grows
+    got = onnx.forward_tree(cache, [11, 12], [-1, -1])
+    check(cache, [*ids, 9, 10], got, [[11], [12]])
+    onnx.truncate(cache, len(ids) - 4)  # rewritten below its end
+    onnx.forward(cache, [13, 14, 15])
+    tokens = [*ids[:-4], 13, 14, 15]
+    got = onnx.forward_tree(cache, [16, 17, 18], [-1, -1, -1])
+    deeper = onnx.forward_tree(cache, [19, 20, 21], [2, 1, 0])  # each row takes another's path
+    check(cache, tokens, [*got, *deeper], [[16], [17], [18], [18, 19], [17, 20], [16, 21]])
+    got = onnx.forward_tree(other, [22, 23], [-1, -1])
+    check(other, ids[:-3], got, [[22], [23]])
+    onnx.truncate(cache, len(tokens))
+    got = onnx.forward_tree(cache, [24], [-1])
+    check(cache, tokens, got, [[24]])
+    # The rows go with the cache they copied (a document's cache dropped frees them too).
+    assert onnx._tree_rows is not None
+    del cache
+    gc.collect()
+    assert onnx._tree_rows is None
 
 
 def test_scoring_matches_torch(models) -> None:
