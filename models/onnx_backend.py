@@ -288,24 +288,34 @@ class OnnxBackend(HfTokens):
         """Run `tokens` after the cache, writing their keys and values into its buffers."""
         held = len(cache.tokens)
         self.reserve(cache, held + len(tokens))
+        # Keys written in place past the cache's tokens by a run that fails are never read:
+        # the next run overwrites them.
+        ids = np.array([list(tokens)], dtype=np.int64)
+        return self._run_bound(ids, held + len(tokens), keep, self._bound(cache))[0]
+
+    def _run_bound(
+        self, ids: np.ndarray, length: int, keep: int, bound: list[tuple[Any, Any]]
+    ) -> np.ndarray:
+        """Run `ids` (rows, new tokens) over key/value buffers bound in place (`bound`, per
+        layer, as wide as the rows), each row attending to `length` positions, the new ones
+        included: the last `keep` positions' logits, per row."""
         binding = self.session.io_binding()
-        binding.bind_cpu_input("input_ids", np.array([list(tokens)], dtype=np.int64))
-        binding.bind_cpu_input("attention_mask", np.ones((1, held + len(tokens)), dtype=np.int64))
+        binding.bind_cpu_input("input_ids", ids)
+        binding.bind_cpu_input("attention_mask", np.ones((ids.shape[0], length), dtype=np.int64))
         if self._keep:
             binding.bind_cpu_input(KEEP_INPUT, np.array([keep], dtype=np.int64))
-        for layer, (k, v) in enumerate(self._bound(cache)):
+        for layer, (k, v) in enumerate(bound):
             binding.bind_ortvalue_input(f"past_key_values.{layer}.key", k)
             binding.bind_ortvalue_input(f"past_key_values.{layer}.value", v)
             binding.bind_ortvalue_output(f"present.{layer}.key", k)
             binding.bind_ortvalue_output(f"present.{layer}.value", v)
         binding.bind_output("logits")
-        options = self._run_options()
+        options = None
         try:
+            options = self._run_options()
             self.session.run_with_iobinding(binding, options)
         except Exception:
-            # Keys written in place past the cache's tokens are never read: the next run
-            # overwrites them.
-            if options.terminate:
+            if options is not None and options.terminate:
                 raise Interrupted from None
             raise
         finally:
@@ -313,7 +323,7 @@ class OnnxBackend(HfTokens):
         logits = binding.get_outputs()[-1].numpy()
         if logits.dtype != np.float32:
             logits = logits.astype(np.float32)
-        return logits[0, -keep:]
+        return logits[:, -keep:]
 
     def _run(
         self,
@@ -398,37 +408,19 @@ class OnnxBackend(HfTokens):
                         rows.buffers_k[layer][row, :, held + n] = tree[node].keys[layer][:, 0]
                         rows.buffers_v[layer][row, :, held + n] = tree[node].values[layer][:, 0]
                 rows.paths[row] = path
-        count = len(level)
-        binding = self.session.io_binding()
-        binding.bind_cpu_input("input_ids", np.array([[tree[i].token] for i in level], dtype=np.int64))
-        binding.bind_cpu_input("attention_mask", np.ones((count, held + depth + 1), dtype=np.int64))
-        if self._keep:
-            binding.bind_cpu_input(KEEP_INPUT, np.array([1], dtype=np.int64))
-        for layer, (k, v) in enumerate(rows.bound(count)):
-            binding.bind_ortvalue_input(f"past_key_values.{layer}.key", k)
-            binding.bind_ortvalue_input(f"past_key_values.{layer}.value", v)
-            binding.bind_ortvalue_output(f"present.{layer}.key", k)
-            binding.bind_ortvalue_output(f"present.{layer}.value", v)
-        binding.bind_output("logits")
-        options = None
+        ids = np.array([[tree[i].token] for i in level], dtype=np.int64)
         try:
-            options = self._run_options()
-            self.session.run_with_iobinding(binding, options)
+            logits = self._run_bound(ids, held + depth + 1, 1, rows.bound(len(level)))
         except Exception:
             rows.forget_paths()  # rows part-way written: their tree positions are rewritten
-            if options is not None and options.terminate:
-                raise Interrupted from None
             raise
-        finally:
-            self._running = None
         position = held + depth
         for row, index in enumerate(level):
             rows.paths[row] = [*paths[row], index]
             node = tree[index]
             node.keys = [b[row, :, position : position + 1].copy() for b in rows.buffers_k]
             node.values = [b[row, :, position : position + 1].copy() for b in rows.buffers_v]
-        logits = binding.get_outputs()[-1].numpy()
-        return logits[:, -1].astype(np.float32, copy=False)
+        return logits[:, -1]
 
     def _tree_rows_for(self, cache: OnnxCache, count: int, depth: int) -> _TreeRows:
         """The backend's tree rows, holding `cache`'s prefix in at least `count` rows with room
