@@ -87,6 +87,7 @@ class Chunk:
     start_line: int = 0  # 0-based line of the chunk in its file
     header: tuple[int, int] = (0, 1)  # lines [a, b) of the chunk always kept (signature)
     language: str | None = None  # nextab language name, for the elision comment
+    last: bool = False  # the file's last chunk: nothing of the file follows it
 
     @property
     def end_line(self) -> int:
@@ -275,6 +276,7 @@ def _chunks_from_starts(
                 start_line=row,
                 header=header,
                 language=language,
+                last=i + 1 == len(rows),
             )
         )
     return chunks

@@ -68,6 +68,7 @@ PLAIN_CODE_EXTENSIONS = frozenset({
     ".tf", ".cmake", ".fs", ".elm", ".html", ".css", ".scss",
 })
 
+# (files done, files in all or -1 while they are still being counted, message)
 ProgressFn = Callable[[int, int, str], None]
 # (path, text or None when the file is gone, language name or None)
 # (path, text or None when gone, language, the text's tree when the index parsed it)
@@ -841,7 +842,7 @@ class WorkspaceIndex:
 
     def _scan(self, stored: dict[str, IndexedFile]) -> None:
         started = time.perf_counter()
-        self._report(0, 0, "Scanning workspace files")
+        self._report(0, -1, "Scanning workspace files")
         found = list(self._walk(""))
         total = len(found)
         self._report(0, total, f"Indexing {total} files")

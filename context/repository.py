@@ -15,11 +15,22 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from nextab.context.compress import Chunk, Compressor, elision_line
 from nextab.context.similar import Passage, SimilarityIndex
 
+# Where candidates come from, in the default rank order: the `context.sources` setting names a
+# subset, in any order.
+SOURCES: tuple[str, ...] = (
+    "api",  # what the call or attribute at the cursor refers to (context/api.py)
+    "definitions",  # of names near the cursor
+    "newImports",  # names the file imports but does not use yet
+    "edited",  # chunks of other files edited lately
+    "viewed",  # chunks of other files where the cursor was lately
+    "similar",  # BM25 over function-level chunks
+    "imports",  # the other imported names
+)
 QUERY_LINES = 12  # lines before the cursor that say what the code there is about
 NAME_LINES = 40  # lines before the cursor whose names are looked up
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -122,6 +133,10 @@ def render(kept: Sequence[tuple[Chunk, str]], rank: dict[str, int]) -> tuple[Con
                 parts.append(elision_line(chunk.language, ""))
             parts.append(text if text.endswith("\n") else text + "\n")
             line = chunk.end_line
+        # A file cut short must not read as a whole file: after a few import lines and a file
+        # separator, the model learns that files end there and stops the current one too.
+        if not items[-1][0].last:
+            parts.append(elision_line(items[-1][0].language, ""))
         pieces.append((min(rank[c.key] for c, _ in items), ContextPiece(path, "".join(parts))))
     pieces.sort(key=lambda item: -item[0])
     return tuple(piece for _, piece in pieces)
@@ -159,16 +174,32 @@ def make_material(
     query: str,
     how: Selection,
     should_stop: Callable[[], bool] | None = None,
+    pinned: Sequence[Candidate] = (),
 ) -> Material:
+    """The material for one place: the pinned candidates (what the cursor's site refers to,
+    most relevant last) as they are, then the strategy's pick of the pool in the budget they
+    leave."""
     started = time.perf_counter()
-    kept = select(pool, query, how, should_stop)
-    rank = {c.chunk.key: i for i, c in enumerate(pool)}
-    pieces = render(kept, rank)
+    kept_pinned = [(c.chunk, c.chunk.text) for c in fill_pool(reversed(pinned), how.budget, how.count)]
+    used = sum(how.count(text) for _, text in kept_pinned)
+    # A pinned interface stands for its definition: the pool's chunk of it would repeat it.
+    rest = [c for c in pool if not any(_covers(c.chunk, chunk) for chunk, _ in kept_pinned)]
+    kept = select(rest, query, replace(how, budget=how.budget - used), should_stop)
+    # Pinned first in rank (shown last, nearest the cursor); the latest site first of them.
+    ranked = [chunk.key for chunk, _ in kept_pinned] + [c.chunk.key for c in rest]
+    rank = {chunk_key: i for i, chunk_key in enumerate(ranked)}
+    pieces = render([*kept_pinned, *kept], rank)
     return Material(
         key=key,
         pieces=pieces,
-        tokens=sum(how.count(text) for _, text in kept),
+        tokens=used + sum(how.count(text) for _, text in kept),
         strategy=how.strategy,
-        candidates=len(pool),
+        candidates=len(pool) + len(pinned),
         prepare_seconds=time.perf_counter() - started,
+    )
+
+
+def _covers(chunk: Chunk, pinned: Chunk) -> bool:
+    return chunk.key == pinned.key or (
+        chunk.path == pinned.path and chunk.start_line <= pinned.start_line < chunk.end_line
     )

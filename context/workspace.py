@@ -23,6 +23,7 @@ from urllib.parse import unquote
 from tree_sitter import Tree
 
 from nextab.config import ContextConfig
+from nextab.context.api import api_chunks
 from nextab.context.compress import Chunk, Compressor, Scorer, split_functions
 from nextab.context.history import EditHistory
 from nextab.context.index import WorkspaceIndex
@@ -97,6 +98,8 @@ class Workspace:
         self._views: deque[tuple[str, int]] = deque(maxlen=VIEWS_KEPT)  # (path, line), latest last
         self._lock = threading.Lock()
         self._ready: dict[str, Material] = {}
+        # Per file: the place its pinned material was made for, and the chunks (latest last).
+        self._pinned: dict[str, tuple[tuple[object, ...], list[Chunk]]] = {}
         self._wanted: dict[str, tuple[tuple[object, ...], str, int]] = {}
         self._watcher = None
         self._saved_at = time.monotonic()
@@ -159,6 +162,10 @@ class Workspace:
 
     def close_document(self, path: str) -> None:
         self.index.close_text(path)
+        # A closed file's places are done with: what its last one pinned goes with them.
+        with self._lock:
+            self._pinned.pop(path, None)
+            self._ready.pop(path, None)
 
     def _file_changed(
         self, path: str, text: str | None, language: str | None, tree: Tree | None = None
@@ -183,14 +190,15 @@ class Workspace:
         with self._lock:
             elsewhere = self._changes - self._changes_of.get(path, 0)
         return (path, line // PLACE_LINES, self.settings.strategy, self.settings.budget_tokens,
-                self.settings.pool_tokens, elsewhere)
+                self.settings.pool_tokens, self.settings.sources, elsewhere)
 
     def material(self, path: str, text: str, offset: int) -> Material:
         """What is prepared for this place, or the last material of the file while the new one
         is prepared in the background (stable prompts), or nothing yet."""
         if self.settings.strategy == "none":
             return Material.empty()
-        key = self.place_key(path, text, offset)
+        pinned = self._pinned_for(path, text, offset)
+        key = (*self.place_key(path, text, offset), tuple(c.key for c in pinned))
         self._note_view(path, text.count("\n", 0, offset))
         with self._lock:
             ready = self._ready.get(path)
@@ -201,6 +209,21 @@ class Workspace:
             # No model involved: cheap enough to do right here.
             return self.prepare(path, text, offset)
         return ready or Material.empty(key, self.settings.strategy)
+
+    def _pinned_for(self, path: str, text: str, offset: int) -> list[Chunk]:
+        """What the cursor's site refers to in other files (context/api.py), after what earlier
+        sites at this place did: a place's pinned material only grows while the cursor stays
+        there, so leaving a call keeps the prompt's prefix, and its cache."""
+        if "api" not in self.settings.sources:
+            return []
+        found = api_chunks(self.index, path, text, offset)
+        place = self.place_key(path, text, offset)
+        with self._lock:
+            earlier_place, earlier = self._pinned.get(path, (None, []))
+        chunks = list(earlier) if earlier_place == place else []
+        known = {c.key for c in chunks}
+        chunks += [c for c in found if c.key not in known]
+        return chunks
 
     def _note_view(self, path: str, line: int) -> None:
         # Requests arrive where the cursor is: the places the developer looked at lately.
@@ -227,24 +250,30 @@ class Workspace:
     def prepare(
         self, path: str, text: str, offset: int, should_stop: Callable[[], bool] | None = None
     ) -> Material:
-        key = self.place_key(path, text, offset)
+        pinned = self._pinned_for(path, text, offset)
+        place = self.place_key(path, text, offset)
+        key = (*place, tuple(c.key for c in pinned))
         query = query_text(text, offset)
         pool = self.candidates(path, text, offset)
         how = Selection(
             self.settings.strategy, self.settings.budget_tokens, self.count_tokens, self.compressor
         )
-        material = make_material(key, pool, query, how, should_stop)
+        material = make_material(
+            key, pool, query, how, should_stop, [Candidate(c, "api", 0.0) for c in pinned]
+        )
         material = self._with_recent_edits(material)
         with self._lock:
             self._ready[path] = material
+            self._pinned[path] = (place, pinned)
             if self._wanted.get(path, (None,))[0] == key:
                 del self._wanted[path]
         return material
 
     def _with_recent_edits(self, material: Material) -> Material:
         # Only closed edits: the one being typed is at the cursor, and leaving it out keeps
-        # this text, and so the prompt's prefix, unchanged while the developer types.
-        budget = self.settings.recent_edits_chars
+        # this text, and so the prompt's prefix, unchanged while the developer types. They
+        # come with the "edited" source.
+        budget = self.settings.recent_edits_chars if "edited" in self.settings.sources else 0
         diffs = self.history.render(budget) if budget > 0 else ""
         if not diffs:
             return material
@@ -263,17 +292,22 @@ class Workspace:
             self.save()
 
     def candidates(self, path: str, text: str, offset: int) -> list[Candidate]:
-        """The pool, in rank order: definitions of names near the cursor; definitions the file
-        imports but does not use yet; chunks edited lately, then viewed lately, in other files;
-        similar code; then the definitions of the other imported names."""
-        unused, used = self._imported(path, text)
+        """The pool, in the order of `settings.sources` (see repository.SOURCES)."""
+        gather: dict[str, Callable[[], list[Candidate]]] = {
+            "definitions": lambda: self._definitions(path, text, offset),
+            "newImports": lambda: self._imported(path, text)[0],
+            "edited": lambda: self._recently_edited(path),
+            "viewed": lambda: self._recently_viewed(path),
+            "similar": lambda: self._similar(path, text, offset),
+            "imports": lambda: self._imported(path, text)[1],
+        }
+        # "api" is not ranked with the others: it is pinned (see prepare).
         ranked = [
-            *self._definitions(path, text, offset),
-            *unused,
-            *self._recently_edited(path),
-            *self._recently_viewed(path),
-            *self._similar(path, text, offset),
-            *used,
+            c
+            for source in self.settings.sources
+            if source != "api"
+            for c in gather[source]()
+            if not only_imports(c.chunk.text)
         ]
         return fill_pool(ranked, self.settings.pool_tokens, self.count_tokens)
 
@@ -367,6 +401,24 @@ class Workspace:
             if chunk.start_line <= line < chunk.end_line:
                 return chunk
         return None
+
+
+# Lines that only bring a name in: imports, re-exports, CommonJS requires, includes.
+_IMPORT_LINE = re.compile(
+    r"\s*(?:import\b|from\s+\S+\s+import\b|export\s+(?:\*|\{[^}]*\})\s+from\b"
+    r"|['\"]use strict['\"]|(?:const|let|var)\s+[\w${}\s,:]+=\s*require\s*\(|#\s*include\b|use\s+[\w:]+|package\s+\w)"
+)
+
+
+def only_imports(text: str) -> bool:
+    """Whether a chunk is nothing but import lines (and blanks and comments): a file's header.
+    Such chunks say nothing the current file's own imports do not, and a prompt of other files'
+    headers, each followed by a file separator, reads as files that end after their imports
+    (and the model ends the current one at once)."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    code = [line for line in lines if not line.lstrip().startswith(("#", "//", "/*", "*")) or
+            line.lstrip().startswith("#include")]
+    return bool(code) and all(_IMPORT_LINE.match(line) for line in code)
 
 
 def _approximate_tokens(text: str) -> int:

@@ -350,7 +350,7 @@ class NextabServer(LanguageServer):
         indexing = None
         if self.indexing is not None:
             done, total = self.indexing
-            indexing = {"done": done, "total": total, "finished": total > 0 and done >= total}
+            indexing = {"done": done, "total": max(total, 0), "finished": 0 <= total <= done}
         return {
             "version": __version__,
             "state": state,
@@ -651,7 +651,8 @@ class _Progress:
     def __call__(self, done: int, total: int, message: str) -> None:
         self.ls.indexing = (done, total)
         now = time.monotonic()
-        finished = total > 0 and done >= total
+        # An empty folder is indexed once its files are counted: 0 of 0.
+        finished = 0 <= total <= done
         if finished or now - self.frozen_at >= _FREEZE_EVERY_S:
             self.frozen_at = now
             _freeze_long_lived()
@@ -663,8 +664,9 @@ class _Progress:
         self.loop.call_soon_threadsafe(self._send, done, total, message, finished)
 
     def _send(self, done: int, total: int, message: str, finished: bool) -> None:
-        percentage = int(100 * done / total) if total else 0
-        text = f"{done}/{total} files" + (f": {message}" if message else "")
+        percentage = int(100 * done / total) if total > 0 else 0
+        counted = f"{done}/{total} files" if total >= 0 else ""
+        text = ": ".join(part for part in (counted, message) if part)
         if not self.began:
             self.began = True
             self.ls.work_done_progress.begin(

@@ -17,6 +17,7 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 import cattrs
 import cattrs.errors
 
+from nextab.context.repository import SOURCES
 from nextab.context.secrets import compile_exclude
 
 
@@ -40,8 +41,17 @@ class ContextConfig:
     # is longcodezip on a GPU and bm25 on a CPU, where scoring costs minutes per place.
     strategy: Literal["auto", "longcodezip", "bm25", "full", "none"] = "auto"
     pool_tokens: int = 4096  # candidates gathered before compression
-    budget_tokens: int = 1024  # repository material that reaches the prompt
-    recent_edits_chars: int = 1200  # unified diffs of the latest edits shown in the prompt
+    # Repository material that reaches the prompt: 512 won more cross-file tasks than 1024 at
+    # two thirds of the pre-fill (benchmarks/README.md, crossfile.py).
+    budget_tokens: int = 512
+    # Unified diffs of the latest edits: in next-edit prompts, and in completion prompts with
+    # the "edited" source.
+    recent_edits_chars: int = 1200
+    # Where candidates come from, in rank order (context/repository.py, SOURCES): "api" (what
+    # the call or attribute at the cursor refers to), "definitions" (of names near the cursor),
+    # "newImports" (imported, not used yet), "edited" and "viewed" (lately, in other files),
+    # "similar" (BM25 over function-level chunks), "imports" (the other imported names).
+    sources: tuple[str, ...] = ("api", "definitions", "newImports", "edited", "viewed", "similar", "imports")
     index: bool = True  # index the workspace (definitions, imports, similar code)
     watch: bool = True  # follow changes made outside the editor
     # Keep the index and the edit history in the user cache across restarts; off, a session
@@ -215,6 +225,8 @@ _CHECKS: dict[str, Callable[[Any], bool]] = {
     "threshold": lambda v: v is None or 0.0 <= v <= 20.0,
     "stop_threshold": lambda v: 0.0 < v < 1.0,
     "catch_up_tokens": lambda v: v is None or 1 <= v <= 1_000_000,
+    "exclude": lambda v: _valid_patterns(v),
+    "sources": lambda v: _known_sources(v),
 }
 _ALLOWED_TEXT = {
     **{name: f"an integer from {lo} to {hi}" for name, (lo, hi) in _RANGES.items()},
@@ -222,6 +234,7 @@ _ALLOWED_TEXT = {
     "model": "a non-empty model name or path",
     "threshold": "a number of nats from 0 to 20, or null for the model's learned threshold",
     "exclude": "a list of gitignore-style patterns",
+    "sources": "a list of distinct names from " + ", ".join(f'"{s}"' for s in SOURCES),
     "stop_threshold": "a number between 0 and 1 (exclusive)",
     "catch_up_tokens": "an integer from 1 to 1000000, or null for no limit",
 }
@@ -256,7 +269,7 @@ def _structure_value(name: str, hint: Any, value: Any) -> Any:
     elif hint is str and not isinstance(value, str):
         raise TypeError("not a string")
     elif hint == tuple[str, ...]:
-        value = _patterns(value)
+        value = _strings(value)
     result = _converter.structure(value, hint)
     check = _CHECKS.get(name)
     if check is not None and not check(result):
@@ -277,16 +290,24 @@ def _boolean(value: Any) -> bool:
     raise TypeError("not a boolean")
 
 
-def _patterns(value: Any) -> tuple[str, ...]:
-    # The environment and CLI give a string: a JSON list, or patterns separated by commas.
+def _strings(value: Any) -> tuple[str, ...]:
+    # The environment and CLI give a string: a JSON list, or items separated by commas.
     if isinstance(value, str):
         text = value.strip()
         value = json.loads(text) if text.startswith("[") else [p.strip() for p in text.split(",")]
         value = [p for p in value if p != ""] if isinstance(value, list) else value
     if not isinstance(value, list | tuple) or not all(isinstance(p, str) for p in value):
         raise TypeError("not a list of strings")
-    compile_exclude(value)  # a pattern git would refuse is refused here, not at first use
     return tuple(value)
+
+
+def _valid_patterns(patterns: tuple[str, ...]) -> bool:
+    compile_exclude(patterns)  # a pattern git would refuse is refused here, not at first use
+    return True
+
+
+def _known_sources(sources: tuple[str, ...]) -> bool:
+    return all(s in SOURCES for s in sources) and len(set(sources)) == len(sources)
 
 
 def _number(value: Any) -> float:

@@ -32,6 +32,7 @@ from nextab.context.repository import Material
 from nextab.context.secrets import SecretPaths, uri_path
 from nextab.context.syntax import Snapshot
 from nextab.context.window import WindowLimits, cut_window
+from nextab.material import MaterialSwitch, slack_for
 from nextab.models.backend import (
     Backend,
     Callbacks,
@@ -141,6 +142,7 @@ class Prompt:
     rules: StopRules
     tree: Snapshot | None  # the request text's syntax tree, if its language has a grammar
     context_tokens: int  # repository material in it
+    material: Material = field(default_factory=Material.empty, compare=False)  # that material
 
 
 class Engine:
@@ -191,6 +193,8 @@ class Engine:
         self._behind: OrderedDict[int, weakref.ref[Document]] = OrderedDict()
         self._closing = False
         self._last_request = 0.0
+        # Which repository material each document's prompt uses (nextab/material.py).
+        self._switch = MaterialSwitch(slack_for(backend.info.device))
         self._secrets = SecretPaths(config.context.exclude)  # judges paths without a workspace
         self._notices: list[str] = []  # for the user, once each (take_notices)
 
@@ -416,20 +420,13 @@ class Engine:
             except Exception:  # a document the prompt cannot be built for is not warmed
                 log.debug("warming %s skipped", document.uri, exc_info=True)
                 continue
-            started, computed = time.perf_counter(), 0
+            started = time.perf_counter()
             with self._lock:
                 if document.kv is not None and document.kv.tokens:
                     continue  # a request got there first: its cache is the one to keep
                 cache = self._cache_for(document)
-                reused = common_prefix_length(cache.tokens, built.ids)
-                self.backend.truncate(cache, reused)
-                with interruptible(self.backend, self._preempt), suppress(Interrupted):
-                    for begin in range(reused, len(built.ids), WARM_CHUNK):
-                        if self._waiting or self._closing:
-                            break
-                        piece = built.ids[begin : begin + WARM_CHUNK]
-                        self.backend.forward(cache, piece)
-                        computed += len(piece)
+                self._switch.record(document, built.material)
+                computed = self._prefill(cache, built.ids)
             log.debug(
                 "warmed %s: %d of %d prompt tokens computed in %.0f ms",
                 document.uri, computed, len(built.ids), (time.perf_counter() - started) * 1000,
@@ -518,6 +515,7 @@ class Engine:
             while not self._closing and time.monotonic() - self._last_request < PREPARE_IDLE_S:
                 time.sleep(0.05)
             self._warm_pending()
+            self._refresh_pending()
             self._catch_up_pending()
             while workspace is not None and not self._closing and not self._waiting:
                 try:
@@ -565,7 +563,9 @@ class Engine:
             raise PrivateDocument(f"{request.path or request.document.uri} is private")
         return self._build_prompt(request)
 
-    def _build_prompt(self, request: CompletionRequest) -> Prompt:
+    def _build_prompt(self, request: CompletionRequest, material: Material | None = None) -> Prompt:
+        """The prompt at the request's place: with `material` as its repository material, or
+        the workspace's freshest for the place."""
         text, offset = request.text, request.offset
         if not 0 <= offset <= len(text):
             raise ValueError(f"cursor offset {offset} outside the document (0..{len(text)})")
@@ -588,8 +588,8 @@ class Engine:
                 middle_lines=completion.middle_lines,
             ),
         )
-        repo = self._repository_material(request)
-        material = FimInput(
+        repo = self._repository_material(request) if material is None else material
+        fim = FimInput(
             prefix=window.prefix,
             middle=window.middle,
             suffix=window.suffix,
@@ -597,10 +597,8 @@ class Engine:
             repo_name=self.workspace.root.name if self.workspace is not None else None,
             context_files=tuple(ContextFile(p.path, p.text) for p in repo.pieces),
         )
-        ids, healing = split_for_healing(
-            self.backend, render(self.template, self.backend, material)
-        )
-        return Prompt(tuple(ids), healing, mode, rules, tree, repo.tokens)
+        ids, healing = split_for_healing(self.backend, render(self.template, self.backend, fim))
+        return Prompt(tuple(ids), healing, mode, rules, tree, repo.tokens, repo)
 
     def complete(self, request: CompletionRequest, cancel: CancelToken = NEVER_CANCELLED) -> Suggestion:
         started = time.perf_counter()
@@ -611,7 +609,7 @@ class Engine:
             return ahead
         offset = request.offset
         built = self._build_prompt(request)
-        params = self._params(built, request)
+        kept = self._kept_prompt(request, built)
         prompted = time.perf_counter()
         # Completions come from one thread (the caller's model thread), so a plain counter is
         # enough; the preparer only reads it.
@@ -621,13 +619,15 @@ class Engine:
                 self._waiting -= 1
                 locked = time.perf_counter()
                 cancel.check()
+                built = self._choose_material(request, built, kept)
+                params = self._params(built, request)
                 decoder = self._decoder_for(request.decoding)
                 result = self._decode_or_recover(request.document, decoder, built, params, cancel)
             if self.large is not None and getattr(decoder, "paired", False):
                 self._fall_behind(request.document)
         finally:
             self._last_request = time.monotonic()
-            if self.workspace is not None and self.workspace.pending():
+            if (self.workspace is not None and self.workspace.pending()) or self._switch.pending():
                 self._wake.set()
         decoded = time.perf_counter()
         suggestion = _suggestion(built, offset, result, 0.0)
@@ -653,6 +653,81 @@ class Engine:
         )
         log.debug("completion stages: %s", _stage_line(suggestion.metrics))
         return suggestion
+
+    def _kept_prompt(self, request: CompletionRequest, fresh: Prompt) -> Prompt | None:
+        """The prompt with the material the document's cached prompt was built with, where
+        that differs from the fresh material and the cache holds something to keep."""
+        document = request.document
+        used = self._switch.used(document)
+        if used is None or used.key == fresh.material.key or document.kv is None or not document.kv.tokens:
+            return None
+        return self._build_prompt(request, used)
+
+    def _choose_material(self, request: CompletionRequest, fresh: Prompt, kept: Prompt | None) -> Prompt:
+        """Fresh material unless it costs this keystroke a long pre-fill; then the material
+        in use, while the fresh is pre-filled in the background (nextab/material.py). The
+        engine's lock held."""
+        document = request.document
+        cached = document.kv.tokens if document.kv is not None else ()
+        choice = self._switch.choose(
+            document,
+            cached,
+            (fresh.material, fresh.ids),
+            (kept.material, kept.ids) if kept is not None else None,
+        )
+        if choice.swap_in is not None:
+            document.kv = choice.swap_in
+        chosen = fresh if choice.use_fresh or kept is None else kept
+        self._switch.record(document, chosen.material)
+        if choice.refresh:
+            self._switch.want(document, fresh.material, request.offset, request.path, self.backend.new_cache)
+            self._start_preparer()
+        return chosen
+
+    def _prefill(self, cache: KVCache, ids: Sequence[int]) -> int:
+        """Pre-fill `ids` into `cache` past the prefix it already holds, in WARM_CHUNK pieces
+        that stop as soon as a request waits; the tokens computed. The engine's lock held."""
+        reused = common_prefix_length(cache.tokens, ids)
+        self.backend.truncate(cache, reused)
+        computed = 0
+        with interruptible(self.backend, self._preempt), suppress(Interrupted):
+            for begin in range(reused, len(ids), WARM_CHUNK):
+                if self._waiting or self._closing:
+                    break
+                piece = ids[begin : begin + WARM_CHUNK]
+                self.backend.forward(cache, piece)
+                computed += len(piece)
+        return computed
+
+    def _refresh_pending(self) -> None:
+        """Pre-fill, in preemptible pieces, the prompt with the fresh material a request put
+        off, into a cache of its own; complete, it becomes the document's cache."""
+        upcoming = self._switch.pending()
+        if upcoming is None or self._closing or self._waiting:
+            return
+        document = upcoming.document()
+        if document is None or self.is_private(upcoming.path, document.uri):
+            return
+        text = document.text
+        request = CompletionRequest(document, min(upcoming.offset, len(text)), text, upcoming.path)
+        try:
+            built = self._build_prompt(request, upcoming.material)
+        except Exception:  # the document changed past what a prompt can be built for
+            log.debug("refreshing %s skipped", document.uri, exc_info=True)
+            self._switch.forget(document)
+            return
+        started = time.perf_counter()
+        with self._lock:
+            cache = upcoming.cache
+            computed = self._prefill(cache, built.ids)
+            complete = list(cache.tokens) == list(built.ids)
+            if complete:
+                self._switch.done(upcoming)
+        log.debug(
+            "new repository material for %s: %d of %d prompt tokens pre-filled in %.0f ms%s",
+            document.uri, computed, len(built.ids),
+            (time.perf_counter() - started) * 1000, ", swapped in" if complete else "",
+        )
 
     def _decode_or_recover(
         self,
@@ -734,6 +809,7 @@ class Engine:
 
     def _drop_caches(self) -> None:
         _drop_all(self._cached, "kv")
+        self._switch.clear()
         self._drop_large_caches()
         self._rewrite_cache = None
         for backend in (self.backend, self.large):
@@ -961,6 +1037,7 @@ class Engine:
             document.given = None
             self._cached.pop(id(document), None)
             self._cached_large.pop(id(document), None)
+            self._switch.forget(document)
 
     def _cache_for(self, document: Document) -> KVCache:
         if document.kv is None:

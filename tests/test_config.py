@@ -295,9 +295,9 @@ def test_booleans_from_json_and_environment_strings(value, expected):
 
 @pytest.mark.parametrize("value", [1, "maybe", None, [True]])
 def test_non_booleans_rejected_for_booleans(value):
-    config, messages = load({"context": {"index": value, "budgetTokens": 512}})
+    config, messages = load({"context": {"index": value, "budgetTokens": 768}})
     assert config.context.index is True
-    assert config.context.budget_tokens == 512
+    assert config.context.budget_tokens == 768
     assert len(messages) == 1 and "'context.index'" in messages[0] and "default True" in messages[0]
 
 

@@ -319,6 +319,56 @@ async def test_workspace_is_indexed_with_progress_and_edits_persist(
     assert b"area(2)" in stores[0].read_bytes()
 
 
+async def test_an_empty_folder_is_indexed_at_once(tiny_model_dir: Path, tmp_path: Path) -> None:
+    # Nothing to index is finished, not "indexing" forever in the editor's status line.
+    root = tmp_path / "empty"
+    root.mkdir()
+    client = Client()
+    progress: list[object] = []
+
+    @client.feature(types.WINDOW_WORK_DONE_PROGRESS_CREATE)
+    def create(ls: Client, params: types.WorkDoneProgressCreateParams) -> None:
+        return None
+
+    @client.feature(types.PROGRESS)
+    def on_progress(ls: Client, params: types.ProgressParams) -> None:
+        progress.append(params.value)
+
+    await client.start_io(
+        sys.executable, "-m", "nextab", "serve", "--model", str(tiny_model_dir), "--device", "cpu",
+        env={**os.environ, "NEXTAB_CACHE_DIR": str(tmp_path / "cache")},
+    )
+    await client.initialize_async(
+        types.InitializeParams(
+            capabilities=types.ClientCapabilities(
+                window=types.WindowClientCapabilities(work_done_progress=True)
+            ),
+            root_uri=root.as_uri(),
+            initialization_options={"maxTokens": 4},
+            process_id=None,
+        )
+    )
+    client.initialized(types.InitializedParams())
+    try:
+        indexing = None
+        for _ in range(300):
+            indexing = _get(await client.protocol.send_request_async("nextab/status", None), "indexing")
+            if indexing is not None and _get(indexing, "finished"):
+                break
+            await asyncio.sleep(0.1)
+        assert indexing is not None and _get(indexing, "finished"), indexing
+        assert _get(indexing, "total") == 0
+        for _ in range(50):
+            if any(isinstance(p, dict) and p.get("kind") == "end" for p in progress):
+                break
+            await asyncio.sleep(0.1)
+        assert [p.get("kind") for p in progress if isinstance(p, dict)][-1] == "end", progress
+    finally:
+        await client.shutdown_async(None)
+        client.exit(None)
+        await client.stop()
+
+
 # --- next edit -----------------------------------------------------------------------------
 
 SHOP = "def total(items):\n    count = 0\n    for item in items:\n        count += item.price\n    return count\n"

@@ -79,3 +79,15 @@ def test_material_strategies_none_full_and_bm25() -> None:
     assert [p.path for p in full.pieces] == ["b.py", "a.py"] and full.tokens == 5
     bm25 = make_material(("k",), pool, "gamma", Selection("bm25", 3, words))
     assert [p.path for p in bm25.pieces] == ["b.py"] and bm25.tokens == 3
+
+
+def test_render_marks_a_file_that_goes_on_after_its_last_shown_chunk() -> None:
+    # Shown without a mark, a file's first lines followed by the next file separator read as
+    # the whole file.
+    source = "import os\n\n\ndef a():\n    return 1\n\n\ndef b():\n    return 2\n"
+    header, a, b = split_functions("lib.py", source)
+    assert (header.last, a.last, b.last) == (False, False, True)
+    (cut,) = render([(header, header.text)], rank={header.key: 0})
+    assert cut.text == "import os\n\n\n# …\n"
+    (whole,) = render([(a, a.text), (b, b.text)], rank={a.key: 0, b.key: 1})
+    assert whole.text.startswith("# …\n") and whole.text.endswith("return 2\n")

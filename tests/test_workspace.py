@@ -15,7 +15,7 @@ import pytest
 
 from nextab.config import Config, ContextConfig
 from nextab.context.document import Document
-from nextab.context.workspace import RECENT_EDITS_PATH
+from nextab.context.workspace import RECENT_EDITS_PATH, only_imports
 from nextab.engine import CompletionRequest, Engine, Suggestion
 
 GEOMETRY = '''"""Shapes."""
@@ -43,6 +43,9 @@ APP = """from pkg.geometry import area_of_circle
 def report(r):
     total = area_of_circle(
 """
+
+
+WITHOUT_API = ("definitions", "newImports", "edited", "viewed", "similar", "imports")
 
 
 @pytest.fixture
@@ -269,7 +272,10 @@ def test_a_definition_candidate_is_the_chunk_that_holds_the_definition(engine_fa
 
 
 def test_material_follows_changes_to_other_files_but_not_to_its_own(engine_factory, project):
-    engine = engine_factory(strategy="full", pool_tokens=2048, budget_tokens=2048)
+    # Whole chunks (no interface of the callee in their place).
+    engine = engine_factory(
+        strategy="full", pool_tokens=2048, budget_tokens=2048, sources=WITHOUT_API
+    )
     workspace = open_ready(engine, project)
     first = workspace.material("app.py", APP, len(APP))
     assert "return PI * radius ** 2" in "".join(p.text for p in first.pieces)
@@ -288,14 +294,139 @@ def test_material_follows_changes_to_other_files_but_not_to_its_own(engine_facto
 def test_chunks_where_the_cursor_was_in_other_files_are_candidates(engine_factory, project):
     engine = engine_factory(strategy="full", pool_tokens=2048, budget_tokens=2048)
     workspace = open_ready(engine, project)
-    text = "x = 1\n"
-    assert not [c for c in workspace.candidates("app.py", text, len(text)) if c.why == "viewed"]
+    # Inside report(), not on app.py's import line: a file's imports alone are never material.
+    text, cursor = APP, APP.index("total")
+    assert not [c for c in workspace.candidates("app.py", text, cursor) if c.why == "viewed"]
     # A completion request in pkg/http.py: the developer was looking there.
     at = UNRELATED.index("name, _")
     workspace.material("pkg/http.py", UNRELATED, at)
-    workspace.material("app.py", text, len(text))
-    viewed = [c for c in workspace.candidates("app.py", text, len(text)) if c.why == "viewed"]
+    workspace.material("app.py", text, cursor)
+    viewed = [c for c in workspace.candidates("app.py", text, cursor) if c.why == "viewed"]
     assert [(c.chunk.path, c.chunk.start_line) for c in viewed] == [("pkg/http.py", 0)]
     # From pkg/http.py, app.py is where the cursor was; its own places are not "elsewhere".
     back = [c for c in workspace.candidates("pkg/http.py", UNRELATED, at) if c.why == "viewed"]
-    assert [c.chunk.path for c in back] == ["app.py"]
+    assert [(c.chunk.path, c.chunk.text.startswith("def report")) for c in back] == [("app.py", True)]
+
+
+def test_the_callee_at_the_cursor_is_pinned_as_its_interface(engine_factory, project):
+    # Only what the call refers to: the signature and docstring, not the body.
+    engine = engine_factory(strategy="bm25", sources=("api",), budget_tokens=512)
+    workspace = open_ready(engine, project)
+    material = workspace.material("app.py", APP, len(APP))
+    assert [p.path for p in material.pieces] == ["pkg/geometry.py"]
+    text = material.pieces[0].text
+    assert "def area_of_circle(radius):" in text
+    assert '"""The area of a circle of the given radius."""' in text
+    assert "return PI" not in text
+    _, prompt = complete(engine, project)
+    assert "def area_of_circle(radius):" in prompt
+    # Where no call or attribute leads to another file, nothing: the file alone.
+    fresh = open_ready(engine_factory(strategy="bm25", sources=("api",)), project)
+    plain = "from pkg.geometry import area_of_circle\n\n\ndef report(r):\n    total = "
+    assert fresh.material("app.py", plain, len(plain)).pieces == ()
+
+
+def test_pinned_material_stays_while_the_cursor_stays_at_its_place(engine_factory, project):
+    engine = engine_factory(strategy="bm25", sources=("api",), budget_tokens=512)
+    workspace = open_ready(engine, project)
+    doc = Document((project / "app.py").as_uri(), APP, "python")
+    first, _ = complete(engine, project, doc)
+    assert first.metrics.context_tokens > 0
+    # Leaving the call keeps the material (and so the prompt's prefix and its cache).
+    typed = APP + "r)\n    return total + "
+    doc.apply_change(typed)
+    after = engine.complete(CompletionRequest(doc, len(typed), typed, path=str(project / "app.py")))
+    assert after.metrics.context_tokens == first.metrics.context_tokens
+    assert after.metrics.reused_tokens >= first.metrics.prompt_tokens - 4
+    # Elsewhere in the file (another place) it is gone.
+    far = typed + "\n" * 40 + "x = "
+    assert workspace.material("app.py", far, len(far)).pieces == ()
+
+
+def test_pinned_material_is_kept_first_and_the_rest_fills_what_the_budget_leaves(engine_factory, project):
+    engine = engine_factory(strategy="bm25", budget_tokens=200, sources=("api", "similar"))
+    workspace = open_ready(engine, project)
+    pinned = workspace.count_tokens(
+        '…\ndef area_of_circle(radius):\n    """The area of a circle of the given radius."""\n    ...\n'
+    )
+    material = workspace.material("app.py", APP, len(APP))
+    text = "".join(p.text for p in material.pieces)
+    assert '"""The area of a circle of the given radius."""\n    ...' in text
+    assert pinned < material.tokens <= 200  # similar code took the rest
+    # Shown last of the material, nearest the current file.
+    assert material.pieces[-1].path == "pkg/geometry.py"
+    assert '"""The area of a circle of the given radius."""\n    ...' in material.pieces[-1].text
+    without = engine_factory(strategy="bm25", budget_tokens=200, sources=("similar",))
+    other = open_ready(without, project).material("app.py", APP, len(APP))
+    assert '"""The area of a circle of the given radius."""\n    ...' not in "".join(p.text for p in other.pieces)
+
+
+def test_new_material_is_prefilled_in_the_background_not_on_the_keystroke(engine_factory, project):
+    # A long file: its window is what new material before it would make the keystroke
+    # compute again.
+    padding = "".join(f"def helper_{i}(value):\n    return value * {i}\n\n\n" for i in range(30))
+    head = "from pkg.geometry import area_of_circle\n\n\n" + padding + "def report(r):\n    total = "
+    engine = engine_factory(strategy="bm25", sources=("api",), budget_tokens=512)
+    open_ready(engine, project)
+    path = str(project / "app.py")
+    doc = Document((project / "app.py").as_uri(), head, "python")
+    first = engine.complete(CompletionRequest(doc, len(head), head, path=path))
+    assert first.metrics.context_tokens == 0  # no call at the cursor: the file alone
+    # Typing a call to another file's function: its interface is new material, which would
+    # recompute the whole window; the keystroke keeps the cached prompt instead.
+    typed = head + "area_of_circle("
+    doc.apply_change(typed)
+    cache = doc.kv
+    second = engine.complete(CompletionRequest(doc, len(typed), typed, path=path))
+    assert second.metrics.context_tokens == 0
+    assert second.metrics.reused_tokens >= first.metrics.prompt_tokens - 4
+    # Meanwhile the prompt with the interface is pre-filled into a cache of its own, which
+    # then replaces the document's.
+    wait_for(lambda: doc.kv is not cache, 60)
+    more = typed + "r"
+    doc.apply_change(more)
+    third = engine.complete(CompletionRequest(doc, len(more), more, path=path))
+    assert third.metrics.context_tokens > 0
+    assert third.metrics.prompt_tokens - third.metrics.reused_tokens <= 8
+    # A document with nothing cached takes the fresh material at once.
+    cold = Document((project / "app.py").as_uri(), typed, "python")
+    fresh = engine.complete(CompletionRequest(cold, len(typed), typed, path=path))
+    assert fresh.metrics.context_tokens == third.metrics.context_tokens
+
+
+def test_file_headers_of_nothing_but_imports_are_never_candidates(engine_factory, tmp_path):
+    # semver's layout: many small modules, each opening with the same require. Those headers
+    # are "definitions" of `parse` and similar to the query, and a prompt of them reads as
+    # files that end after their imports.
+    root = tmp_path / "js"
+    root.mkdir()
+    (root / "parse.js").write_text("const parse = (version) => {\n  return version.split('.')\n}\nmodule.exports = parse\n")
+    for name in ("clean", "major", "minor"):
+        (root / f"{name}.js").write_text(
+            f"const parse = require('./parse')\n\nconst {name} = (v) => {{\n"
+            f"  return parse(v)\n}}\nmodule.exports = {name}\n"
+        )
+    engine = engine_factory(strategy="full", pool_tokens=2048, budget_tokens=2048)
+    workspace = open_ready(engine, root)
+    text = "const parse = require('./parse')\n"
+    found = workspace.candidates("valid.js", text, len(text))
+    assert found, "the definition of parse and the similar modules are still candidates"
+    assert not [c for c in found if c.chunk.text.strip() == "const parse = require('./parse')"]
+    assert any(c.chunk.path == "parse.js" for c in found)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("import os\nfrom pkg.geometry import area_of_circle\n\n# shapes\n", True),
+        ("'use strict'\nconst { a, b } = require('./x')\nconst fs = require('fs')\n", True),
+        ("import { parse } from './parse'\nexport * from './range'\n", True),
+        ("#include <stdio.h>\n", True),
+        ("import os\nROOT = os.getcwd()\n", False),
+        ("const parse = require('./parse')\nconst cache = new Map()\n", False),
+        ("# only a comment\n", False),
+        ("", False),
+    ],
+)
+def test_only_imports(text, expected):
+    assert only_imports(text) is expected
