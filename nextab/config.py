@@ -38,7 +38,7 @@ class ContextConfig:
 
     # "longcodezip" compresses the candidates with the model as scorer, "bm25" keeps the best by
     # BM25 alone, "full" keeps them in rank order, "none" shows the current file only; "auto"
-    # is longcodezip on a GPU and bm25 on a CPU, where scoring costs minutes per place.
+    # is bm25, which LongCodeZip did not beat at the same budget (benchmarks/README.md).
     strategy: Literal["auto", "longcodezip", "bm25", "full", "none"] = "auto"
     pool_tokens: int = 4096  # candidates gathered before compression
     # Repository material that reaches the prompt: 512 won more cross-file tasks than 1024 at

@@ -495,10 +495,10 @@ class Engine:
 
     def _workspace_settings(self, settings: ContextConfig) -> ContextConfig:
         if settings.strategy == "auto":
-            # LongCodeZip scores thousands of tokens per place: seconds on a GPU, minutes on a
-            # 2-core CPU, where BM25 selection (no model calls) is the better trade.
-            strategy = "bm25" if self.backend.info.device == "cpu" else "longcodezip"
-            settings = dataclasses.replace(settings, strategy=strategy)
+            # BM25 on every device: LongCodeZip, which scores thousands of tokens per place with
+            # the model (minutes on a 2-core CPU), chose no better material at the same budget
+            # on the cross-file tasks (benchmarks/README.md, crossfile.py).
+            settings = dataclasses.replace(settings, strategy="bm25")
         return settings
 
     def _prepare_loop(self) -> None:

@@ -205,8 +205,11 @@ def test_relative_paths(engine_factory, project):
     assert dataclasses.is_dataclass(workspace.settings)
 
 
-def test_auto_strategy_is_bm25_on_a_cpu_and_needs_no_model_calls(engine_factory, project):
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_auto_strategy_is_bm25_and_needs_no_model_calls(engine_factory, project, monkeypatch, device):
     engine = engine_factory(strategy="auto", pool_tokens=2048, budget_tokens=512)
+    # On a GPU too: LongCodeZip chose no better material at the same budget.
+    monkeypatch.setattr(engine.backend, "info", dataclasses.replace(engine.backend.info, device=device))
     workspace = open_ready(engine, project)
     assert workspace.settings.strategy == "bm25"
     suggestion, prompt = complete(engine, project)
