@@ -225,13 +225,16 @@ def test_next_edit_is_previewed_then_jumped_to_then_applied(nvim: Any, tmp_path:
 
 def test_checkhealth_reports_server_model_and_version(nvim: Any, tiny_model_dir: Path) -> None:
     from nextab import __version__
+    from nextab.models.torch_backend import pick_dtype
 
+    # "auto" picks bf16 on CPUs with AVX512-BF16 or AMX, float32 elsewhere.
+    dtype = str(pick_dtype("auto", "cpu")).removeprefix("torch.")
     open_and_attach(nvim, "notes.txt")
     wait_ready(nvim)
     nvim.command("checkhealth nextab")
     report = "\n".join(nvim.current.buffer[:])
     assert f"server nextab {__version__} running" in report
-    assert f"model {tiny_model_dir.name} on cpu (float32), decoding greedy" in report
+    assert f"model {tiny_model_dir.name} on cpu ({dtype}), decoding greedy" in report
     assert "ERROR" not in report
 
 
