@@ -427,6 +427,20 @@ def elision_line(language: str | None, indent: str, marker: str = ELISION) -> st
     return f"{indent}{prefix} {marker}\n" if prefix else f"{indent}{marker}\n"
 
 
+_ELISION_LINE = re.compile(
+    r"^[ \t]*(?:(?:" + "|".join(re.escape(p) for p in sorted(set(_LINE_COMMENTS.values()))) + r") )?"
+    + re.escape(ELISION) + r"[ \t]*$",
+    re.MULTILINE,
+)
+
+
+def before_elision(completion: str) -> str:
+    """A completion up to a line that is only an elision mark: the model copying how material
+    marks cut code (the end of a file shown in part reads `// …`), never code to insert."""
+    found = _ELISION_LINE.search(completion)
+    return completion if found is None else completion[: found.start()]
+
+
 # ---------------------------------------------------------------------------------------------
 # Results
 

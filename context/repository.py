@@ -30,6 +30,7 @@ SOURCES: tuple[str, ...] = (
     "viewed",  # chunks of other files where the cursor was lately
     "similar",  # BM25 over function-level chunks
     "imports",  # the other imported names
+    "edits",  # unified diffs of the latest edits, after the chunks (off by default: see config)
 )
 QUERY_LINES = 12  # lines before the cursor that say what the code there is about
 NAME_LINES = 40  # lines before the cursor whose names are looked up
@@ -56,6 +57,11 @@ class Material:
     @staticmethod
     def empty(key: tuple[object, ...] = (), strategy: str = "none") -> Material:
         return Material(key, (), 0, strategy, 0, 0.0)
+
+    def shows_as(self, other: Material) -> bool:
+        """Whether both put the same text in a prompt. Not a matter of keys: a place whose
+        material was made again (evicted, or the index changed under it) keeps its key."""
+        return self is other or self.pieces == other.pieces
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import logging
 import re
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -46,6 +46,9 @@ SAVE_INTERVAL_S = 30.0
 RECENT_CHUNKS = 4  # chunks around the latest edits in other files that join the candidates
 VIEWED_CHUNKS = 4  # chunks where the cursor was lately in other files
 VIEWS_KEPT = 64
+# Places per file whose material is kept: back at one of them, the prompt is the one its cache
+# may still hold (material made again from a new query would differ, and cost a pre-fill).
+PLACES_KEPT = 8
 # Shown to the model as one more file of the repository, right before the current one.
 RECENT_EDITS_PATH = "recent_edits.diff"
 _WORD = re.compile(r"[A-Za-z_$][A-Za-z0-9_$]*")
@@ -97,7 +100,7 @@ class Workspace:
         self._changes_of: dict[str, int] = {}
         self._views: deque[tuple[str, int]] = deque(maxlen=VIEWS_KEPT)  # (path, line), latest last
         self._lock = threading.Lock()
-        self._ready: dict[str, Material] = {}
+        self._ready: dict[str, OrderedDict[tuple[object, ...], Material]] = {}  # latest last
         # Per file: the place its pinned material was made for, and the chunks (latest last).
         self._pinned: dict[str, tuple[tuple[object, ...], list[Chunk]]] = {}
         self._wanted: dict[str, tuple[tuple[object, ...], str, int]] = {}
@@ -201,9 +204,12 @@ class Workspace:
         key = (*self.place_key(path, text, offset), tuple(c.key for c in pinned))
         self._note_view(path, text.count("\n", 0, offset))
         with self._lock:
-            ready = self._ready.get(path)
-            if ready is not None and ready.key == key:
+            places = self._ready.get(path)
+            ready = places.get(key) if places else None
+            if ready is not None:
+                places.move_to_end(key)  # type: ignore[union-attr]
                 return ready
+            ready = next(reversed(places.values())) if places else None
             self._wanted[path] = (key, text, offset)
         if self.settings.strategy in ("full", "bm25"):
             # No model involved: cheap enough to do right here.
@@ -263,7 +269,11 @@ class Workspace:
         )
         material = self._with_recent_edits(material)
         with self._lock:
-            self._ready[path] = material
+            places = self._ready.setdefault(path, OrderedDict())
+            places[key] = material
+            places.move_to_end(key)
+            while len(places) > PLACES_KEPT:
+                places.popitem(last=False)
             self._pinned[path] = (place, pinned)
             if self._wanted.get(path, (None,))[0] == key:
                 del self._wanted[path]
@@ -272,8 +282,8 @@ class Workspace:
     def _with_recent_edits(self, material: Material) -> Material:
         # Only closed edits: the one being typed is at the cursor, and leaving it out keeps
         # this text, and so the prompt's prefix, unchanged while the developer types. They
-        # come with the "edited" source.
-        budget = self.settings.recent_edits_chars if "edited" in self.settings.sources else 0
+        # come with the "edits" source.
+        budget = self.settings.recent_edits_chars if "edits" in self.settings.sources else 0
         diffs = self.history.render(budget) if budget > 0 else ""
         if not diffs:
             return material
@@ -301,11 +311,12 @@ class Workspace:
             "similar": lambda: self._similar(path, text, offset),
             "imports": lambda: self._imported(path, text)[1],
         }
-        # "api" is not ranked with the others: it is pinned (see prepare).
+        # "api" is not ranked with the others: it is pinned (see prepare); "edits" are diffs,
+        # not chunks, shown after them (_with_recent_edits).
         ranked = [
             c
             for source in self.settings.sources
-            if source != "api"
+            if source in gather
             for c in gather[source]()
             if not only_imports(c.chunk.text)
         ]

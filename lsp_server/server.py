@@ -565,7 +565,8 @@ class NextabServer(LanguageServer):
             self.tokens[f"fallback:{m.fallback}"] += 1
         self.served[uri] = m
         log.info(
-            "%s:%d:%d %s %.0f ms (%s; prompt %d, context %d, reused %d, new %d)",
+            "%s:%d:%d %s %.0f ms (%s; prompt %d, context %d, reused %d, new %d; "
+            "build %.1f ms, wait %.0f ms, prefill %.0f ms, decode %.0f ms)",
             _display_path(uri),
             position.line,
             position.character,
@@ -576,6 +577,10 @@ class NextabServer(LanguageServer):
             m.context_tokens,
             m.reused_tokens,
             m.generated_tokens,
+            m.context_ms,
+            m.wait_ms,
+            m.prefill_ms,
+            m.decode_ms,
         )
         return doc, offset, suggestion
 

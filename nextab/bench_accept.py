@@ -537,10 +537,13 @@ class LspServer:
 
     @classmethod
     async def start(
-        cls, model: str, device: str, options: dict[str, Any], root: str | None = None
+        cls, model: str, device: str, options: dict[str, Any], root: str | None = None,
+        log: Path | None = None,
     ) -> LspServer:
         """Start the server; with `root`, as an editor opened on that folder: the server
-        indexes it (waited for) and serves repository context from it."""
+        indexes it (waited for) and serves repository context from it. With `log`, its
+        stderr (one line per completion, with the prompt's and the stages' figures) is
+        appended to that file."""
         from lsprotocol import types
         from pygls.lsp.client import LanguageClient
 
@@ -571,7 +574,7 @@ class LspServer:
         # pygls pipes the server's stderr and never reads it: a full pipe would stall the
         # server mid-benchmark, so it is drained here (the tail explains a failure).
         tail: deque[str] = deque(maxlen=40)
-        drain = asyncio.create_task(_drain(client._server.stderr, tail))
+        drain = asyncio.create_task(_drain(client._server.stderr, tail, log))
         server = cls(client, tail, drain)
         root_uri = Path(root).resolve().as_uri() if root else None
         await client.initialize_async(
@@ -704,11 +707,16 @@ class LspServer:
         await self._drain
 
 
-async def _drain(stream: asyncio.StreamReader | None, tail: deque[str]) -> None:
+async def _drain(stream: asyncio.StreamReader | None, tail: deque[str], log: Path | None = None) -> None:
     if stream is None:
         return
-    while line := await stream.readline():
-        tail.append(line.decode("utf-8", "replace").rstrip())
+    with open(log, "a", encoding="utf-8") if log is not None else contextlib.nullcontext() as out:
+        while line := await stream.readline():
+            text = line.decode("utf-8", "replace").rstrip()
+            tail.append(text)
+            if out is not None:
+                out.write(text + "\n")
+                out.flush()
 
 
 def _get(obj: Any, *keys: str) -> Any:
@@ -912,6 +920,7 @@ def prepare_state(plan: Plan, fresh: bool) -> None:
     if fresh and plan.state.exists():
         for name in plan.configs:
             (plan.state / f"{name}.jsonl").unlink(missing_ok=True)
+            (plan.state / f"{name}.server.log").unlink(missing_ok=True)
         marker.unlink(missing_ok=True)
     if marker.exists():
         try:
@@ -953,7 +962,7 @@ def append_record(path: Path, result: SegmentResult) -> None:
 # Running
 
 
-ServerFactory = Callable[[str, str, dict[str, Any]], Awaitable[Any]]
+ServerFactory = Callable[..., Awaitable[Any]]
 
 
 class _Stopped(Exception):
@@ -976,7 +985,10 @@ async def run_config(
     if todo and budget is not None and budget[0] <= 0:
         raise _Stopped
     if todo:
-        server = await start_server(plan.options["model"], plan.options["device"], plan.configs[name])
+        server = await start_server(
+            plan.options["model"], plan.options["device"], plan.configs[name],
+            log=plan.state / f"{name}.server.log",
+        )
         try:
             for segment in todo:
                 if budget is not None and budget[0] <= 0:

@@ -45,12 +45,14 @@ class ContextConfig:
     # two thirds of the pre-fill (benchmarks/README.md, crossfile.py).
     budget_tokens: int = 512
     # Unified diffs of the latest edits: in next-edit prompts, and in completion prompts with
-    # the "edited" source.
+    # the "edits" source.
     recent_edits_chars: int = 1200
     # Where candidates come from, in rank order (context/repository.py, SOURCES): "api" (what
     # the call or attribute at the cursor refers to), "definitions" (of names near the cursor),
     # "newImports" (imported, not used yet), "edited" and "viewed" (lately, in other files),
-    # "similar" (BM25 over function-level chunks), "imports" (the other imported names).
+    # "similar" (BM25 over function-level chunks), "imports" (the other imported names), "edits"
+    # (diffs of the latest edits). Not "edits" by default: while typing (bench accept) the diffs
+    # cost acceptance and ~15 % of keystroke latency on both packages (benchmarks/README.md).
     sources: tuple[str, ...] = ("api", "definitions", "newImports", "edited", "viewed", "similar", "imports")
     index: bool = True  # index the workspace (definitions, imports, similar code)
     watch: bool = True  # follow changes made outside the editor

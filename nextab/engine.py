@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from nextab.config import Config, ContextConfig
-from nextab.context.compress import CompressionCancelled
+from nextab.context.compress import CompressionCancelled, before_elision
 from nextab.context.cursor import RequestedMode, decide_mode, surroundings
 from nextab.context.document import Document
 from nextab.context.history import Edit, EditHistory
@@ -414,6 +414,10 @@ class Engine:
             document = ref()
             if document is None or self.is_private(path, document.uri):
                 continue
+            if document.kv is not None and document.kv.tokens:
+                # A request got there first: its cache is the one to keep, and building a
+                # prompt at the opening place would prepare material for a place left behind.
+                continue
             text = document.text
             try:
                 built = self._build_prompt(CompletionRequest(document, min(offset, len(text)), text, path))
@@ -659,7 +663,7 @@ class Engine:
         that differs from the fresh material and the cache holds something to keep."""
         document = request.document
         used = self._switch.used(document)
-        if used is None or used.key == fresh.material.key or document.kv is None or not document.kv.tokens:
+        if used is None or used.shows_as(fresh.material) or document.kv is None or not document.kv.tokens:
             return None
         return self._build_prompt(request, used)
 
@@ -1157,6 +1161,10 @@ def _shows_all(shown: tuple[Trimmed, bool]) -> bool:
 def _shown(prompt: Prompt, offset: int, text: str, stop_reason: str) -> tuple[Trimmed, bool]:
     """What the editor is shown of a decoded completion, and whether the syntax check had to
     cut it back (the suggestion then shows less than the model wrote, perhaps nothing)."""
+    if prompt.material.pieces:
+        kept = before_elision(text)
+        if kept != text:
+            text, stop_reason = kept, "stop"
     finalized = finalize(text, prompt.rules)
     trimmed = _without_cut_line(finalized, text, prompt.mode, stop_reason)
     # What is left ends a line the model finished: a stop, or the cut-off line dropped.

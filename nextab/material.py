@@ -76,7 +76,7 @@ class MaterialSwitch:
         material in use would (`kept`: that material and its prompt's ids)."""
         fresh_material, fresh_ids = fresh
         fresh_cost = len(fresh_ids) - common_prefix_length(cached, fresh_ids)
-        if kept is None or kept[0].key == fresh_material.key:
+        if kept is None or kept[0].shows_as(fresh_material):
             return Choice(use_fresh=True)
         kept_cost = len(kept[1]) - common_prefix_length(cached, kept[1])
         if fresh_cost <= kept_cost + self.slack:
@@ -85,7 +85,7 @@ class MaterialSwitch:
         if (
             upcoming is not None
             and upcoming.document() is document
-            and upcoming.material.key == fresh_material.key
+            and upcoming.material.shows_as(fresh_material)
         ):
             ready = len(fresh_ids) - common_prefix_length(upcoming.cache.tokens, fresh_ids)
             if ready <= kept_cost + self.slack:

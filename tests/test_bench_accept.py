@@ -434,7 +434,7 @@ class Counter:
         self.started = 0
         self.requests = 0
 
-    async def __call__(self, model: str, device: str, options: dict[str, Any]) -> Any:
+    async def __call__(self, model: str, device: str, options: dict[str, Any], log: Path | None = None) -> Any:
         self.started += 1
         counter = self
         # A suggestion that depends on the options, so the configurations differ.
@@ -531,6 +531,9 @@ def test_end_to_end_with_the_real_server(tiny_model_dir: Path, tmp_path: Path) -
     assert ba.run(_parser().parse_args(argv)) == 0
     records = (state / "short.jsonl").read_text().splitlines()
     assert len(records) == 2 and records[0] + "\n" == first_record
+    # Each server's stderr is kept beside its records: a line per completion, with its stages.
+    log = (state / "long.server.log").read_text()
+    assert "prefill" in log and "decode" in log and ".py:" in log
 
     result = json.loads(out.read_text())
     assert set(result["configs"]) == {"short", "long"} and len(result["segments"]) == 2

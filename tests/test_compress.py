@@ -18,7 +18,9 @@ from nextab.context.compress import (
     CompressionCancelled,
     Compressor,
     allocate,
+    before_elision,
     budget_for_ratio,
+    elision_line,
     knapsack,
     segment,
     spike_threshold,
@@ -450,3 +452,17 @@ def test_chunking_with_the_caller_s_tree_equals_chunking_alone() -> None:
     tree = parse(text, "python")
     assert tree is not None
     assert split_functions("m.py", text, "python", tree) == split_functions("m.py", text, "python")
+
+
+@pytest.mark.parametrize("language", ["python", "javascript", "rust", None])
+def test_a_completion_ends_before_an_elision_line_as_material_writes_it(language):
+    mark = elision_line(language, "    ")
+    assert before_elision(f"x = 1\n{mark}y = 2\n") == "x = 1\n"
+    assert before_elision(mark) == ""
+
+
+@pytest.mark.parametrize(
+    "code", ["x = 1\ny = 2\n", "print('…')\n", "# … and more\n", "s = a…b\n", "// see …\n"]
+)
+def test_code_that_mentions_an_ellipsis_is_kept_whole(code):
+    assert before_elision(code) == code

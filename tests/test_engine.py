@@ -524,3 +524,21 @@ def test_out_of_memory_drops_every_cache_and_tries_once_more(tiny_backend, caplo
     failing.forward = lambda cache, tokens, every=False: (_ for _ in ()).throw(OutOfMemoryError("again"))
     with pytest.raises(OutOfMemoryError):
         engine.complete(request(Document("file:///b.py", SOURCE)))
+
+
+def test_an_elision_mark_copied_from_the_material_ends_the_suggestion(tiny_backend, tmp_path):
+    # Material marks where it cut a file (`# …`); a model that writes the mark is ending the
+    # code it copied, and the editor must not insert the mark.
+    (tmp_path / "lib.py").write_text("def helper(x):\n    return x * 2\n")
+    text = "from lib import helper\n\n\ndef run():\n    \n"
+    offset = text.index("    \n") + 4
+    engine = Engine(CLASSIC, Scripted(tiny_backend, "value = helper(1)\n    # …\n    return value\n"))
+    workspace = engine.open_workspace(tmp_path, store_dir=None)
+    try:
+        assert workspace.index.wait_ready(timeout=30)
+        doc = Document((tmp_path / "app.py").as_uri(), text)
+        s = engine.complete(CompletionRequest(doc, offset, text, path=str(tmp_path / "app.py")))
+    finally:
+        engine.close_workspace()
+    assert s.metrics.context_tokens > 0
+    assert s.text.rstrip() == "value = helper(1)"

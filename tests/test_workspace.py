@@ -151,8 +151,10 @@ def test_longcodezip_is_prepared_in_the_background_then_kept_stable(engine_facto
     assert third.metrics.reused_tokens >= second.metrics.prompt_tokens - 4
 
 
-def test_recent_edits_reach_the_prompt_as_a_diff(engine_factory, project):
-    engine = engine_factory(strategy="full", pool_tokens=2048, budget_tokens=2048)
+@pytest.mark.parametrize("with_edits", [True, False])
+def test_recent_edits_reach_the_prompt_as_a_diff_with_the_edits_source(engine_factory, project, with_edits):
+    sources = ("definitions", "similar", "edits") if with_edits else ContextConfig().sources
+    engine = engine_factory(strategy="full", pool_tokens=2048, budget_tokens=2048, sources=sources)
     workspace = open_ready(engine, project)
     uri = (project / "pkg" / "http.py").as_uri()
     before = UNRELATED
@@ -160,6 +162,10 @@ def test_recent_edits_reach_the_prompt_as_a_diff(engine_factory, project):
     workspace.history.record(uri, before, at, at + len("lower()"), "upper()", 2, now=time.time())
     workspace.history.close_open_edits()
     _, prompt = complete(engine, project)
+    if not with_edits:
+        # Off by default: the material is chunks only.
+        assert RECENT_EDITS_PATH not in prompt and "<|file_sep|>pkg/geometry.py" in prompt
+        return
     assert f"<|file_sep|>{RECENT_EDITS_PATH}\n" in prompt
     assert "-    return name.strip().lower(), value.strip()" in prompt
     assert "+    return name.strip().upper(), value.strip()" in prompt
@@ -362,6 +368,22 @@ def test_pinned_material_is_kept_first_and_the_rest_fills_what_the_budget_leaves
     without = engine_factory(strategy="bm25", budget_tokens=200, sources=("similar",))
     other = open_ready(without, project).material("app.py", APP, len(APP))
     assert '"""The area of a circle of the given radius."""\n    ...' not in "".join(p.text for p in other.pieces)
+
+
+def test_back_at_a_place_its_material_is_the_one_it_had(engine_factory, project):
+    # BM25 ranks by the code before the cursor: made again from what was typed since, the
+    # material would differ, and so would the prompt's prefix the document's cache holds.
+    padding = "".join(f"def helper_{i}(value):\n    return value * {i}\n\n\n" for i in range(20))
+    text = "from pkg.geometry import area_of_circle\n\n\n" + padding + "def report(r):\n    "
+    engine = engine_factory(strategy="bm25", sources=("similar",), budget_tokens=64)
+    workspace = open_ready(engine, project)
+    top = text.index("def helper_1(")
+    first = workspace.material("app.py", text, top)
+    assert first.pieces
+    workspace.material("app.py", text, len(text))  # another place of the file
+    typed = text[:top] + "name, _, value = line.partition(':')\n" + text[top:]
+    workspace.open_document("app.py", typed)
+    assert workspace.material("app.py", typed, top) is first
 
 
 def test_new_material_is_prefilled_in_the_background_not_on_the_keystroke(engine_factory, project):
