@@ -46,7 +46,7 @@ class Case:
     history: tuple[tuple[int, str, str], ...]  # (start_line, old_text, new_text), oldest first
     buffer: str  # the file after it
     cursor: tuple[int, int]
-    expected: Proposal
+    expected: Proposal | None  # None: no edit should follow (after a commit's last hunk)
 
 
 @dataclass
@@ -70,6 +70,8 @@ class Outcome:
     drafted_tokens: int
     accepted_tokens: int
     top_text: str  # the top suggestion's new lines, for reading the failures
+    confidence: float | None = None  # the location ranker's, where it ranked
+    expects_edit: bool = True
 
 
 def load_cases(path: Path) -> list[Case]:
@@ -89,7 +91,9 @@ def load_cases(path: Path) -> list[Case]:
                     cursor=(row["cursor"]["line"], row["cursor"]["character"]),
                     expected=Proposal(
                         expected["start_line"], expected["end_line"], expected["new_text"], 1.0, "expected"
-                    ),
+                    )
+                    if expected is not None
+                    else None,
                 )
             )
     return cases
@@ -131,6 +135,8 @@ def region_after(text: str, edit: Proposal, start: int, end: int) -> str:
 def score_case(case: Case, condition: str, result: Any) -> Outcome:
     expected = case.expected
     suggestions = list(result.suggestions)
+    if expected is None:
+        return _no_edit_outcome(case, condition, result)
     ranges = [(s.start_line, s.end_line) for s in suggestions]
     located = [overlaps(s, e, expected.start_line, expected.end_line) for s, e in ranges]
     near = [overlaps(c.start_line, c.end_line, expected.start_line, expected.end_line) for c in result.locations]
@@ -169,13 +175,33 @@ def score_case(case: Case, condition: str, result: Any) -> Outcome:
         drafted_tokens=result.metrics.drafted_tokens,
         accepted_tokens=result.metrics.accepted_tokens,
         top_text=suggestions[0].new_lines if suggestions else "",
+        confidence=getattr(result, "confidence", None),
     )
 
 
+def _no_edit_outcome(case: Case, condition: str, result: Any) -> Outcome:
+    """A case where no edit should follow: any suggestion is a wrong one."""
+    suggestions = list(result.suggestions)
+    m = result.metrics
+    return Outcome(
+        id=case.id, condition=condition, suggestions=len(suggestions), top1=False, top3=False,
+        candidates_top1=False, candidates_top3=False, exact=False, similarity=None,
+        similarity_all=0.0, source=suggestions[0].source if suggestions else "",
+        total_ms=m.total_ms, model_calls=m.model_calls, prompt_tokens=m.prompt_tokens,
+        reused_tokens=m.reused_tokens, generated_tokens=m.generated_tokens,
+        drafted_tokens=m.drafted_tokens, accepted_tokens=m.accepted_tokens,
+        top_text=suggestions[0].new_lines if suggestions else "",
+        confidence=getattr(result, "confidence", None), expects_edit=False,
+    )  # fmt: skip
+
+
 def summarize(outcomes: Sequence[Outcome]) -> dict[str, Any]:
+    none = [o for o in outcomes if not o.expects_edit]
+    no_edit = {"no_edit_cases": len(none), "no_edit_answered": round(sum(o.suggestions > 0 for o in none) / len(none), 3)} if none else {}
+    outcomes = [o for o in outcomes if o.expects_edit]
     n = len(outcomes)
     if not n:
-        return {"cases": 0}
+        return {"cases": 0, **no_edit}
     answered = [o for o in outcomes if o.suggestions]
     latencies = sorted(o.total_ms for o in outcomes)
     return {
@@ -199,7 +225,26 @@ def summarize(outcomes: Sequence[Outcome]) -> dict[str, Any]:
         "draft_acceptance": round(sum(o.accepted_tokens for o in outcomes) / max(1, sum(o.drafted_tokens for o in outcomes)), 3),
         "accepted_per_generated": round(sum(o.accepted_tokens for o in outcomes) / max(1, sum(o.generated_tokens for o in outcomes)), 3),
         "sources": {s: sum(o.source == s for o in answered) for s in sorted({o.source for o in answered})},
+        "locations_by_confidence": _by_confidence([*outcomes, *none]),
+        **no_edit,
     }
+
+
+def _by_confidence(outcomes: Sequence[Outcome]) -> dict[str, dict[str, float]] | None:
+    """The first candidate location as the answer, given only where the ranker's confidence
+    reaches a threshold: the share of cases answered, and how often the answer is right."""
+    rated = [o for o in outcomes if o.confidence is not None]
+    if not rated:
+        return None
+    table = {}
+    for threshold in (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6):
+        kept = [o for o in rated if o.confidence is not None and o.confidence >= threshold]
+        table[f"{threshold:.1f}"] = {
+            "answered": round(len(kept) / len(rated), 3),
+            "location_top1": round(sum(o.candidates_top1 for o in kept) / len(rated), 3),
+            "precision_top1": round(sum(o.candidates_top1 for o in kept) / len(kept), 3) if kept else None,
+        }
+    return table
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

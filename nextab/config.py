@@ -128,6 +128,12 @@ class NextEditConfig:
     repeat: bool = True  # the repeat-edit proposer (no model: renames, repeated changes)
     model_step: bool = True  # the model's edit step where the proposer has no edit
     max_locations: int = 8  # candidate locations kept per request
+    # Rank the candidate lines with the learned location ranker (nextab/location_ranker.py,
+    # trained on mined commits); off, they keep the structural order of context/locations.py.
+    ranker: bool = True
+    # Answer nothing where the ranker's calibrated confidence that its first line is the one
+    # edited next is below this: a wrong suggestion costs the user more than none.
+    min_score: float = 0.0
     # Rank the candidates by the model's likelihood that the window changes (1 - the
     # probability of copying it unchanged) before rewriting the best: one scoring pass per
     # candidate, so "auto" ranks on a GPU and keeps the structural order on a CPU.
@@ -226,6 +232,7 @@ _CHECKS: dict[str, Callable[[Any], bool]] = {
     "model": lambda v: bool(v.strip()),
     "threshold": lambda v: v is None or 0.0 <= v <= 20.0,
     "stop_threshold": lambda v: 0.0 < v < 1.0,
+    "min_score": lambda v: 0.0 <= v <= 1.0,
     "catch_up_tokens": lambda v: v is None or 1 <= v <= 1_000_000,
     "exclude": lambda v: _valid_patterns(v),
     "sources": lambda v: _known_sources(v),

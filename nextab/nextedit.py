@@ -23,6 +23,7 @@ from typing import Protocol
 from nextab.config import NextEditConfig
 from nextab.context.document import Document
 from nextab.context.edits import (
+    LineChange,
     Proposal,
     TextEdit,
     line_changes,
@@ -31,9 +32,11 @@ from nextab.context.edits import (
     overlaps,
 )
 from nextab.context.history import Edit
+from nextab.context.location_features import candidates as line_candidates
 from nextab.context.locations import Location, candidates
 from nextab.context.repeat import IsCode, propose
 from nextab.context.syntax import Snapshot
+from nextab.location_ranker import LocationRanker, shipped
 from nextab.models import rewrite
 from nextab.models.decoding import NEVER_CANCELLED, CancelToken, DecodeResult
 
@@ -98,6 +101,9 @@ class NextEditResult:
     suggestions: tuple[EditSuggestion, ...]
     locations: tuple[Location, ...]  # the candidates, best first
     metrics: NextEditMetrics = field(compare=False)
+    # The ranker's calibrated confidence that the first location is the line edited next
+    # (None: the locations were not ranked by it).
+    confidence: float | None = None
 
 
 def predict(
@@ -116,8 +122,20 @@ def predict(
     use_repeat = settings.repeat if request.repeat is None else request.repeat
     use_model = (settings.model_step if request.model is None else request.model) and model is not None
     proposals = propose(text, changes, is_code=_code_test(tree)) if use_repeat else []
-    locations = candidates(text, changes, tree, proposals, limit=settings.max_locations)
+    cursor_line = text.count("\n", 0, request.offset)
+    ranker = shipped() if settings.ranker else None
+    confidence: float | None = None
+    every: list[Location] = []  # with the ranker: every candidate line, best first
+    if ranker is not None and changes:
+        structural = candidates(text, changes, tree, proposals, limit=100)
+        every, confidence = _ranked(ranker, text, changes, cursor_line, proposals, structural)
+        locations = every[: settings.max_locations]
+    else:
+        locations = candidates(text, changes, tree, proposals, limit=settings.max_locations)
     located = time.perf_counter()
+    if confidence is not None and confidence < settings.min_score:
+        # Not sure enough where the next edit is: no suggestion rather than a likely wrong one.
+        use_model, proposals = False, []
     found = list(proposals)
     stats = _ModelStats()
     if use_model and changes:
@@ -131,8 +149,7 @@ def predict(
             proposal = _rewrite(model, settings, request, location, cancel, stats)
             if proposal is not None:
                 found.append(proposal)
-    ranked = _rank(found)[: settings.max_suggestions]
-    cursor_line = text.count("\n", 0, request.offset)
+    ranked = _rank(found, every)[: settings.max_suggestions]
     suggestions = tuple(_suggestion(text, p, cursor_line) for p in ranked)
     done = time.perf_counter()
     return NextEditResult(
@@ -151,7 +168,29 @@ def predict(
             model_ms=stats.ms,
             total_ms=(done - started) * 1000,
         ),
+        confidence=confidence,
     )
+
+
+def _ranked(
+    ranker: LocationRanker,
+    text: str,
+    changes: Sequence[LineChange],
+    cursor_line: int,
+    proposals: Sequence[Proposal],
+    structural: Sequence[Location],
+) -> tuple[list[Location], float]:
+    """The candidate lines in the learned ranker's order (a line each), and its confidence;
+    each keeps the reason a proposal or a structural candidate gives for it."""
+    found = line_candidates(text, changes, cursor_line, proposals)
+    ranked = ranker.rank(found.lines, found.rows)
+    reasons = {n: loc.reason for loc in reversed(structural) for n in range(loc.start_line, loc.end_line)}
+    reasons.update({p.start_line: p.reason or p.source for p in proposals})
+    locations = [
+        Location(line, line + 1, score, reasons.get(line, "ranked"))
+        for line, score in zip(ranked.lines, ranked.scores, strict=True)
+    ]
+    return locations, ranked.confidence
 
 
 def end_of_last_edit(edits: Sequence[Edit], uri: str, text: str) -> int:
@@ -273,9 +312,19 @@ def _rewrite(
     return Proposal(material.start_line, material.end_line, new, location.score, "model", location.reason)
 
 
-def _rank(proposals: Sequence[Proposal]) -> list[Proposal]:
-    # The proposer's exact edits first (its scores sit above 1), the model's by location rank.
-    ordered = sorted(proposals, key=lambda p: (p.source != "model", p.score), reverse=True)
+def _rank(proposals: Sequence[Proposal], ranked: Sequence[Location] = ()) -> list[Proposal]:
+    """Without ranked locations: the proposer's exact edits first (its scores sit above 1),
+    the model's by location rank. With them: by the best-ranked line each edit changes."""
+    if ranked:
+        place = {loc.start_line: i for i, loc in enumerate(ranked)}
+
+        def rank_of(p: Proposal) -> int:
+            return min((place[n] for n in range(p.start_line, max(p.end_line, p.start_line + 1)) if n in place),
+                       default=len(ranked))  # fmt: skip
+
+        ordered = sorted(proposals, key=lambda p: (rank_of(p), p.source == "model", -p.score))
+    else:
+        ordered = sorted(proposals, key=lambda p: (p.source != "model", p.score), reverse=True)
     kept: list[Proposal] = []
     for proposal in ordered:
         if not any(overlaps(proposal.start_line, proposal.end_line, k.start_line, k.end_line) for k in kept):

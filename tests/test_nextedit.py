@@ -262,6 +262,37 @@ def _request(text: str, edits, **extra) -> NextEditRequest:
     return NextEditRequest(document, text, len(text) // 2, tuple(edits), path="shop.py", **extra)
 
 
+def test_the_learned_ranker_orders_the_locations_and_its_confidence_gates_the_answer() -> None:
+    text, edits = edited([("    count = 0", "    subtotal = 0", 0)])
+    ranked = predict(NextEditConfig(), _request(text, edits), None)
+    assert ranked.confidence is not None and 0.0 < ranked.confidence < 1.0
+    # The other uses of the renamed name are what the ranker puts first.
+    assert ranked.locations[0].start_line in (3, 4)
+    assert {s.start_line for s in ranked.suggestions} == {3, 4}
+    # Below the gate: nothing, rather than a suggestion the ranker doubts.
+    gated = predict(NextEditConfig(min_score=min(1.0, ranked.confidence + 0.01)), _request(text, edits), None)
+    assert gated.suggestions == () and gated.confidence == ranked.confidence
+    structural = predict(NextEditConfig(ranker=False), _request(text, edits), None)
+    assert structural.confidence is None and {s.start_line for s in structural.suggestions} == {3, 4}
+
+
+def test_a_missing_ranker_file_leaves_the_structural_order(monkeypatch, tmp_path, caplog) -> None:
+    from nextab import location_ranker
+
+    location_ranker.shipped.cache_clear()
+    monkeypatch.setattr(location_ranker, "DEFAULT_PATH", tmp_path / "missing.txt")
+    try:
+        text, edits = edited([("    count = 0", "    subtotal = 0", 0)])
+        with caplog.at_level("WARNING"):
+            result = predict(NextEditConfig(), _request(text, edits), None)
+            again = predict(NextEditConfig(), _request(text, edits), None)
+        assert result.confidence is None and {s.start_line for s in result.suggestions} == {3, 4}
+        assert again.suggestions == result.suggestions
+        assert sum("not ranked" in r.getMessage() for r in caplog.records) == 1  # said once
+    finally:
+        location_ranker.shipped.cache_clear()
+
+
 def test_the_proposer_answers_without_a_model() -> None:
     text, edits = edited([("    count = 0", "    subtotal = 0", 0)])
     result = predict(NextEditConfig(), _request(text, edits), None)
@@ -395,7 +426,8 @@ def test_the_cli_follows_a_rename_from_an_earlier_copy(tmp_path: Path) -> None:
     done = _cli("app.py", "--before", "old.py", "--no-model", "--json", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     found = json.loads(done.stdout)["suggestions"]
-    assert [(s["range"]["start"]["line"], s["newText"]) for s in found] == [(3, "subtotal"), (4, "subtotal")]
+    # Both other uses follow, in the order the location ranker puts them.
+    assert sorted((s["range"]["start"]["line"], s["newText"]) for s in found) == [(3, "subtotal"), (4, "subtotal")]
 
 
 @pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
