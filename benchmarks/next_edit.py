@@ -4,7 +4,8 @@ Each case (see `../shared/data/README.md`) is a commit's first hunks as the edit
 next hunk as the expected edit. The history is replayed keystroke-free through a real
 `EditHistory` (each hunk one edit, as an editor's didChange would record it) on the file as it
 was before it, then `Engine.next_edit` is asked at the cursor, the end of the last edit, the
-way the LSP server asks. Conditions: the repeat-edit proposer alone, the model alone, both.
+way the LSP server asks. Conditions: the repeat-edit proposer alone, the model alone, both,
+and `oracle` (both, told where the expected edit is: the edit step measured on its own).
 
     python benchmarks/next_edit.py --conditions repeat model both --every 4 --out /tmp/nes.json
 
@@ -35,7 +36,13 @@ from nextab.context.history import EditHistory, Hunk
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "nes" / "flask-dev.jsonl.gz"
 DATA_ENV = "NEXTAB_NES_DATA"
-CONDITIONS = {"repeat": (True, False), "model": (False, True), "both": (True, True)}
+# (proposer, model, at the expected place): "oracle" is the edit step alone, given the place.
+CONDITIONS = {
+    "repeat": (True, False, False),
+    "model": (False, True, False),
+    "both": (True, True, False),
+    "oracle": (True, True, True),
+}
 
 
 @dataclass(frozen=True)
@@ -289,7 +296,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         line, character = case.cursor
         offset = min(len(document.text), len(lines_text(document.text, 0, line)) + character)
         for condition in args.conditions:
-            repeat, model = CONDITIONS[condition]
+            repeat, model, oracle = CONDITIONS[condition]
+            if oracle and case.expected is None:
+                continue
             request = NextEditRequest(
                 document=document,
                 text=document.text,
@@ -299,6 +308,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 path=case.path,
                 repeat=repeat,
                 model=model,
+                at=(case.expected.start_line, case.expected.end_line) if oracle and case.expected else None,
             )
             result = engine.next_edit(request) if engine is not None else predict(config.next_edit, request, None)
             outcomes.append(score_case(case, condition, result))

@@ -445,3 +445,16 @@ def test_the_cli_takes_the_changes_since_the_last_commit(tmp_path: Path) -> None
     assert "app.py:4: rename" in done.stdout and "+        subtotal += item.price" in done.stdout
     missing = _cli("app.py", "--rev", "no-such-rev", "--no-model", cwd=tmp_path)
     assert missing.returncode == 2 and "pass --before FILE" in missing.stderr
+
+
+def test_told_where_the_edit_is_only_that_place_is_rewritten() -> None:
+    # The benchmark's oracle condition: the edit step alone, at the expected lines.
+    text, edits = edited([("    count = 0", "    subtotal = 0", 0)])
+    model = Scripted({})
+    result = predict(NextEditConfig(window_lines=1), _request(text, edits, at=(8, 9)), model)
+    assert [m.start_line for m in model.seen] == [8]
+    assert [(loc.start_line, loc.reason) for loc in result.locations] == [(8, "given")]
+    assert result.suggestions == ()  # the scripted model copies that line: no edit there
+    # The proposer's renames are elsewhere: told the place, they are not offered.
+    at_rename = predict(NextEditConfig(), _request(text, edits, at=(3, 4)), None)
+    assert [s.start_line for s in at_rename.suggestions] == [3]
