@@ -51,7 +51,7 @@ FEATURES = (
     "removed_names", "added_names", "shared_names", "rarity", "like_old", "like_new",
     "proposed", "proposal_score", "kind", "same_scope", "edits", "last_shape", "last_size",
     "trend", "with_trend", "length", "just_after_last", "just_before_last", "removed_left",
-    "name_lines",
+    "name_lines", "earlier_removed_names", "earlier_added_names", "like_earlier",
 )  # fmt: skip
 
 
@@ -153,6 +153,16 @@ def candidates(
     if earlier:
         trend = float(np.sign(last.line - earlier[-1].line))
     removed_left = float(any(not last.line <= n < last.new_end for n in name_lines if removed & _names(lines[n])))
+    # The edits before the last belong to the same piece of work: what they renamed or added
+    # may still be wanted elsewhere, and lines like them may be next.
+    earlier_added: set[str] = set()
+    earlier_removed: set[str] = set()
+    earlier_names = []
+    for change in earlier[-8:]:
+        added_there, removed_there = introduced_and_removed(change)
+        earlier_added |= added_there
+        earlier_removed |= removed_there
+        earlier_names += [_names(change.old), _names(change.new)]
 
     rows = np.zeros((len(picked), len(FEATURES)), dtype=np.float32)
     for row, number in enumerate(picked):
@@ -194,6 +204,9 @@ def candidates(
             float(number == last.line - 1),
             removed_left,
             min(len(name_lines), 100),
+            len(names & earlier_removed),
+            len(names & earlier_added),
+            max((_jaccard(names, e) for e in earlier_names), default=0.0),
         )
     return Candidates(tuple(picked), rows)
 

@@ -40,6 +40,9 @@ from nextab.location_ranker import LocationRanker, shipped
 from nextab.models import rewrite
 from nextab.models.decoding import NEVER_CANCELLED, CancelToken, DecodeResult
 
+# Ranker scores this close count as a tie, which the distance to the cursor breaks.
+NEAR_EQUAL_SCORES = 0.25
+
 
 class EditModel(Protocol):
     def rewrite(
@@ -188,16 +191,19 @@ def _ranked(
     proposals: Sequence[Proposal],
     structural: Sequence[Location],
 ) -> tuple[list[Location], float]:
-    """The candidate lines in the learned ranker's order (a line each), and its confidence;
-    each keeps the reason a proposal or a structural candidate gives for it."""
+    """The candidate lines in the learned ranker's order (a line each), nearer the cursor first
+    among near-equal scores (the other uses of a renamed name score alike: the developer goes
+    to the next one, not the last), and its confidence; each keeps the reason a proposal or a
+    structural candidate gives for it."""
     found = line_candidates(text, changes, cursor_line, proposals)
     ranked = ranker.rank(found.lines, found.rows)
     reasons = {n: loc.reason for loc in reversed(structural) for n in range(loc.start_line, loc.end_line)}
     reasons.update({p.start_line: p.reason or p.source for p in proposals})
-    locations = [
-        Location(line, line + 1, score, reasons.get(line, "ranked"))
-        for line, score in zip(ranked.lines, ranked.scores, strict=True)
-    ]
+    order = sorted(
+        zip(ranked.lines, ranked.scores, strict=True),
+        key=lambda item: (-math.floor(item[1] / NEAR_EQUAL_SCORES), abs(item[0] - cursor_line)),
+    )
+    locations = [Location(line, line + 1, score, reasons.get(line, "ranked")) for line, score in order]
     return locations, ranked.confidence
 
 
