@@ -30,6 +30,7 @@ IMPORTS = 20
 AROUND_EARLIER = 2  # lines around each earlier edit
 MAX_CANDIDATES = 256
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_IMPORT_STARTS = ("import", "from", "require", "use", "#include")
 _HEADER = re.compile(r"\s*(async\s+def|def|class|function|fn|func|public|private|protected|static)\b")
 
 # What kind of line a candidate is, from its first word: an ordinal the trees split on.
@@ -123,20 +124,20 @@ def candidates(
         name_lines = [n for n, line in enumerate(lines) if word.search(line)]
     proposed = {p.start_line: p.score for p in proposals}
     old_names, new_names = _names(last.old), _names(last.new)
-    names_of = [_names(line) for line in lines]
+    last_end = last.new_end
+    ends = [c.new_end for c in earlier]
+    spans = [(c.line, max(end, c.line + 1)) for c, end in zip(earlier, ends, strict=True)]
     chosen = set(range(max(0, cursor_line - WINDOW), min(count, cursor_line + WINDOW + 1)))
     chosen.update(sorted(name_lines, key=lambda n: abs(n - cursor_line))[:NAME_USES])
-    alike = [
-        (max(_jaccard(names, old_names), _jaccard(names, new_names)), n)
-        for n, names in enumerate(names_of)
-        if names and not last.line <= n < last.new_end
-    ]
-    chosen.update(n for score, n in sorted(alike, reverse=True)[:ALIKE] if score >= 0.3)
-    chosen.update([n for n, line in enumerate(lines) if _kind(line) == 4][:IMPORTS])
+    chosen.update(n for score, n in _alike(lines, old_names, new_names, last.line, last_end)[:ALIKE] if score >= 0.3)
+    # Files are long and imports few: the cheap prefix test first.
+    imports = [n for n, line in enumerate(lines) if line.lstrip().startswith(_IMPORT_STARTS) and _kind(line) == 4]
+    chosen.update(imports[:IMPORTS])
     chosen.update(line for line in proposed if 0 <= line < count)
-    for change in earlier:
-        chosen.update(range(max(0, change.line - AROUND_EARLIER), min(count, change.new_end + AROUND_EARLIER)))
+    for change, end in zip(earlier, ends, strict=True):
+        chosen.update(range(max(0, change.line - AROUND_EARLIER), min(count, end + AROUND_EARLIER)))
     picked = sorted(sorted(chosen, key=lambda n: abs(n - cursor_line))[:MAX_CANDIDATES])
+    names_of = {n: _names(lines[n]) for n in picked}
 
     scopes = _scopes(lines)
     shared = (old_names | new_names) - watched
@@ -152,7 +153,7 @@ def candidates(
     trend = 0.0
     if earlier:
         trend = float(np.sign(last.line - earlier[-1].line))
-    removed_left = float(any(not last.line <= n < last.new_end for n in name_lines if removed & _names(lines[n])))
+    removed_left = float(any(not last.line <= n < last_end for n in name_lines if removed & _names(lines[n])))
     # The edits before the last belong to the same piece of work: what they renamed or added
     # may still be wanted elsewhere, and lines like them may be next.
     earlier_added: set[str] = set()
@@ -169,15 +170,15 @@ def candidates(
         line = lines[number]
         names = names_of[number]
         distance = number - cursor_line
-        from_earlier = min((_gap(number, c) for c in earlier), default=100)
+        from_earlier = min((_gap(number, start, end) for start, end in spans), default=100)
         matched = names & watched
         rows[row] = (
             distance,
             math.log1p(abs(distance)),
             float(distance > 0),
             number - last.line,
-            number - last.new_end,
-            float(last.line <= number < last.new_end),
+            number - last_end,
+            float(last.line <= number < last_end),
             min(from_earlier, 100),
             float(from_earlier == 0),
             float(not line.strip()),
@@ -200,7 +201,7 @@ def candidates(
             trend,
             trend * float(np.sign(distance)),
             min(len(line.strip()), 200),
-            float(number == last.new_end),
+            float(number == last_end),
             float(number == last.line - 1),
             removed_left,
             min(len(name_lines), 100),
@@ -211,8 +212,26 @@ def candidates(
     return Candidates(tuple(picked), rows)
 
 
-def _gap(line: int, change: LineChange) -> int:
-    """Lines between `line` and the lines a change now occupies (0 inside them)."""
-    if change.line <= line < max(change.new_end, change.line + 1):
+def _gap(line: int, start: int, end: int) -> int:
+    """Lines between `line` and the lines [start, end) a change now occupies (0 inside them)."""
+    if start <= line < end:
         return 0
-    return change.line - line if line < change.line else line - max(change.new_end, change.line + 1) + 1
+    return start - line if line < start else line - end + 1
+
+
+def _alike(
+    lines: Sequence[str], old_names: set[str], new_names: set[str], skip_start: int, skip_end: int
+) -> list[tuple[float, int]]:
+    """Lines outside [skip_start, skip_end) by how alike their names are to the last edit's
+    old or new names, best first. Only lines holding one of those names as text can be alike:
+    a substring test finds them before any line is split into names."""
+    mentioned = old_names | new_names
+    if not mentioned:
+        return []
+    holds = re.compile("|".join(map(re.escape, sorted(mentioned, key=len, reverse=True))))
+    scored = []
+    for n, line in enumerate(lines):
+        if not skip_start <= n < skip_end and holds.search(line):
+            names = _names(line)
+            scored.append((max(_jaccard(names, old_names), _jaccard(names, new_names)), n))
+    return sorted(scored, reverse=True)
