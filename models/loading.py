@@ -22,7 +22,7 @@ def onnx_available() -> bool:
 def choose_backend(requested: str, device: str) -> BackendName:
     """The runtime for `requested` ("auto", "torch", "onnx", "split") on `device` (resolved).
 
-    "auto", by measurement (benchmarks/backend_speed.py; README, "Backends"): on a CPU the int8
+    "auto", by measurement (benchmarks/backend_speed.py; benchmarks/README.md, "Backends"): on a CPU the int8
     onnxruntime export decodes ~3x faster than torch's float weights and pre-fills no slower,
     and decoding is most of a keystroke's cost: "onnx". On a CPU with AMX or AVX512-BF16, where
     torch's bf16 pre-fill runs 3-4x faster than fp32, "split" (torch pre-fills, onnxruntime

@@ -113,7 +113,7 @@ class EadConfig:
 
     # Mean next-token entropy (nats) over the last `window` tokens above which the large model
     # decides. 0.5: with the embedded pair, the 1.5B's pass@1 on HumanEval single-line at
-    # 0.57x its warm latency (README, "Two-model decoding"). null: the pair's threshold from
+    # 0.57x its warm latency (docs/architecture.md, "Two-model decoding"). null: the pair's threshold from
     # `nextab calibrate --large`, else the small model decodes alone (with a warning).
     threshold: float | None = 0.5
     window: int = 3
@@ -160,7 +160,7 @@ class Config:
     # The runtime: "onnx" runs an onnxruntime export of the model (made once by
     # `nextab model export`), "torch" runs it in transformers, "split" pre-fills long prompts
     # in torch and decodes in onnxruntime over one cache; "auto" picks per device, as
-    # measured (README, "Backends").
+    # measured (benchmarks/README.md, "Backends").
     backend: Literal["auto", "torch", "onnx", "split"] = "auto"
     # Weights of the onnxruntime export; "auto" is int8 on a CPU and fp16 on CUDA.
     precision: Literal["auto", "int4", "int8", "fp16", "fp32"] = "auto"

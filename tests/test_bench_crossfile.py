@@ -10,6 +10,7 @@ import pytest
 
 from nextab.config import Config, ContextConfig
 from nextab.engine import Engine
+from tests.files import write_files
 from tests.scripts import load_benchmark
 
 tasks_module = load_benchmark("crossfile_tasks.py", "crossfile_tasks")
@@ -51,12 +52,7 @@ def run():
 
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
-    root = tmp_path / "demo-1.0"
-    (root / "pkg").mkdir(parents=True)
-    (root / "pkg" / "__init__.py").write_text("")
-    (root / "pkg" / "base.py").write_text(BASE)
-    (root / "pkg" / "user.py").write_text(USER)
-    return root
+    return write_files(tmp_path / "demo-1.0", {"pkg/__init__.py": "", "pkg/base.py": BASE, "pkg/user.py": USER})
 
 
 def _mined(project: Path) -> list:

@@ -8,13 +8,9 @@ import pytest
 
 from nextab.context.imports import ImportResolver, read_aliases, strip_jsonc
 from nextab.context.symbols import Import, extract
+from tests.files import write_files
 
-
-def _write(root: Path, files: dict[str, str]) -> None:
-    for relative, text in files.items():
-        path = root / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
+_write = write_files
 
 
 @pytest.fixture

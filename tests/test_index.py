@@ -13,16 +13,9 @@ import pytest
 
 from nextab.context.index import FORMAT_VERSION, STORE_KIND, IndexLimits, WorkspaceIndex
 from nextab.storage import pack_records, unpack_records
+from tests.files import write_files
 
-
-def _write(root: Path, files: dict[str, str | bytes]) -> None:
-    for relative, content in files.items():
-        path = root / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if isinstance(content, bytes):
-            path.write_bytes(content)
-        else:
-            path.write_text(content)
+_write = write_files
 
 
 def _indexed(root: Path, **kwargs: object) -> WorkspaceIndex:

@@ -17,6 +17,7 @@ from nextab.config import Config, ContextConfig
 from nextab.context.document import Document
 from nextab.context.workspace import RECENT_EDITS_PATH, only_imports
 from nextab.engine import CompletionRequest, Engine, Suggestion
+from tests.files import write_files
 
 GEOMETRY = '''"""Shapes."""
 
@@ -50,13 +51,8 @@ WITHOUT_API = ("definitions", "newImports", "edited", "viewed", "similar", "impo
 
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
-    root = tmp_path / "project"
-    (root / "pkg").mkdir(parents=True)
-    (root / "pkg" / "__init__.py").write_text("")
-    (root / "pkg" / "geometry.py").write_text(GEOMETRY)
-    (root / "pkg" / "http.py").write_text(UNRELATED)
-    (root / "app.py").write_text(APP)
-    return root
+    files = {"pkg/__init__.py": "", "pkg/geometry.py": GEOMETRY, "pkg/http.py": UNRELATED, "app.py": APP}
+    return write_files(tmp_path / "project", files)
 
 
 def make_engine(tiny_backend, **context: object) -> Engine:
